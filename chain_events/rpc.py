@@ -1,0 +1,481 @@
+"""JSON-RPC access to the chain: several endpoints, timeouts, retry with backoff, failover.
+
+`RpcClient.call` and `RpcClient.batch` speak raw JSON-RPC over HTTP (requests with pooled
+connections). Transport failures and garbage answers (not JSON, wrong id, neither result nor
+error) count against the endpoint and move the call to the next one; an endpoint that failed
+is cooled down for a while so the healthy ones are preferred. A JSON-RPC error object is the
+node's answer, not a transport fault: it is raised as `RpcResponseError` without failover,
+except for errors that mean "this node is behind or overloaded" (see `_FAILOVER_CODES`).
+"""
+from __future__ import annotations
+
+import itertools
+import re
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import requests
+from prometheus_client import Counter
+
+log = logging.getLogger(__name__)
+
+RPC_ERRORS = Counter("bookme_rpc_errors_total", "RPC calls that failed, by endpoint and kind", ["endpoint", "kind"])
+RPC_CALLS = Counter("bookme_rpc_requests_total", "HTTP round trips to RPC endpoints", ["endpoint"])
+
+# JSON-RPC error codes that mean the node cannot answer now (rate limit, resource limits,
+# unknown block on a lagging node); another endpoint may.
+_FAILOVER_CODES = {-32005, -32603, 429}
+_FAILOVER_MESSAGES = ("header not found", "unknown block", "rate limit", "too many requests", "service unavailable")
+
+
+class RpcError(Exception):
+    """Base of every RPC failure."""
+
+    def __init__(self, message: str, *, endpoint: str | None = None, code: int | None = None, data=None):
+        super().__init__(message)
+        self.endpoint = endpoint
+        self.code = code
+        self.data = data
+
+
+class RpcTransportError(RpcError):
+    """The endpoint did not give a usable JSON-RPC answer (down, timeout, garbage)."""
+
+
+class RpcResponseError(RpcError):
+    """The node answered with a JSON-RPC error object."""
+
+
+class RpcInconsistentAnswer(RpcTransportError):
+    """Valid JSON-RPC whose content is wrong or disagrees with what we already know."""
+
+
+class RpcUnavailable(RpcError):
+    """Every endpoint failed, after the retries."""
+
+    @property
+    def timed_out(self) -> bool:
+        """The last failure was a timeout (the request may simply be too heavy)."""
+        return "timeout" in str(self.__cause__ or "").lower()
+
+
+def redact_url(url: str) -> str:
+    """Endpoint label for logs and metrics: scheme://host[:port] only (paths often hold API keys)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}{':' + str(parts.port) if parts.port else ''}"
+
+
+@dataclass
+class EndpointHealth:
+    url: str
+    label: str
+    consecutive_failures: int = 0
+    total_failures: int = 0
+    total_calls: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+    last_ok_at: float | None = None
+    cooldown_until: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict:
+        return {
+            "endpoint": self.label,
+            "healthy": self.cooldown_until <= time.monotonic(),
+            "consecutive_failures": self.consecutive_failures,
+            "total_failures": self.total_failures,
+            "total_calls": self.total_calls,
+            "last_error": self.last_error,
+        }
+
+
+class RpcClient:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        timeout: float = 10.0,
+        retries: int = 2,
+        backoff: float = 0.25,
+        cooldown: float = 15.0,
+        session: requests.Session | None = None,
+    ):
+        if not urls:
+            raise ValueError("at least one RPC URL is required")
+        self.endpoints = [EndpointHealth(url=u, label=redact_url(u)) for u in urls]
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.cooldown = cooldown
+        self.session = session or requests.Session()
+        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self._ids = itertools.count(1)
+        self.round_trips = 0
+
+    # -- public API -----------------------------------------------------------------------
+    def call(self, method: str, params: list | None = None):
+        return self.batch([(method, params or [])])[0]
+
+    def batch(
+        self, calls: list[tuple[str, list]], *, allow_errors: bool = False, validate=None, optional: frozenset = frozenset()
+    ) -> list:
+        """Run several calls in one HTTP round trip; results in the same order.
+
+        With allow_errors, a call's JSON-RPC error is returned in its place as an
+        RpcResponseError instead of raised, so one bad call does not spoil the rest.
+
+        `validate(results)` may raise `RpcInconsistentAnswer` (or ValueError/TypeError/KeyError
+        from parsing): the answer is well-formed JSON-RPC but wrong (garbage values, a block
+        hash that disagrees with what we hold, a lagging node). That endpoint is then treated
+        like a failed one and the next endpoint is asked.
+
+        `optional` holds indexes of calls whose error is an acceptable answer (e.g. the
+        `finalized` tag on a node that lacks it) and never a reason to fail over.
+        """
+        if not calls:
+            return []
+        last_exc: Exception | None = None
+        for attempt in range(self.retries + 1):
+            for endpoint in self._ordered_endpoints():
+                try:
+                    results = self._post(endpoint, calls)
+                except RpcTransportError as exc:
+                    self._mark_failed(endpoint, exc, "transport")
+                    last_exc = exc
+                    continue
+                failover = [
+                    r
+                    for i, r in enumerate(results)
+                    if i not in optional and isinstance(r, RpcResponseError) and _should_fail_over(r)
+                ]
+                if failover:
+                    self._mark_failed(endpoint, failover[0], "node")
+                    last_exc = failover[0]
+                    continue
+                if not allow_errors:
+                    for r in results:
+                        if isinstance(r, RpcResponseError):
+                            self._mark_ok(endpoint)
+                            raise r
+                if validate is not None:
+                    try:
+                        validate(results)
+                    except (RpcInconsistentAnswer, ValueError, TypeError, KeyError, AttributeError) as exc:
+                        bad = exc if isinstance(exc, RpcInconsistentAnswer) else RpcInconsistentAnswer(
+                            f"unusable answer: {type(exc).__name__}: {exc}", endpoint=endpoint.label
+                        )
+                        bad.endpoint = endpoint.label
+                        self._mark_failed(endpoint, bad, "inconsistent")
+                        last_exc = bad
+                        continue
+                self._mark_ok(endpoint)
+                return results
+            if attempt < self.retries:
+                time.sleep(self.backoff * (2**attempt))
+        raise RpcUnavailable(f"all RPC endpoints failed: {last_exc}") from last_exc
+
+    def health(self) -> list[dict]:
+        return [e.as_dict() for e in self.endpoints]
+
+    # -- internals ------------------------------------------------------------------------
+    def _ordered_endpoints(self) -> list[EndpointHealth]:
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if e.cooldown_until <= now]
+        cooling = sorted((e for e in self.endpoints if e.cooldown_until > now), key=lambda e: e.cooldown_until)
+        return healthy + cooling  # try everything rather than fail while all are cooling down
+
+    def _post(self, endpoint: EndpointHealth, calls: list[tuple[str, list]]) -> list:
+        ids = [next(self._ids) for _ in calls]
+        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
+        body = payload[0] if len(payload) == 1 else payload
+        endpoint.total_calls += 1
+        self.round_trips += 1
+        RPC_CALLS.labels(endpoint.label).inc()
+        try:
+            response = self.session.post(endpoint.url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise RpcTransportError(f"{type(exc).__name__}", endpoint=endpoint.label) from exc
+        if response.status_code == 429 or response.status_code >= 500:
+            raise RpcTransportError(f"HTTP {response.status_code}", endpoint=endpoint.label)
+        try:
+            data = response.json()
+        except ValueError:
+            raise RpcTransportError("answer is not JSON", endpoint=endpoint.label) from None
+        if isinstance(data, dict):
+            data = [data]
+        if not isinstance(data, list):
+            raise RpcTransportError("answer is not a JSON-RPC response", endpoint=endpoint.label)
+        by_id = {}
+        for item in data:
+            if isinstance(item, dict) and "id" in item:
+                by_id[item["id"]] = item
+        results = []
+        for request_id, (method, _params) in zip(ids, calls):
+            item = by_id.get(request_id)
+            if item is None:
+                raise RpcTransportError(f"no answer for {method}", endpoint=endpoint.label)
+            if "error" in item and item["error"] is not None:
+                err = item["error"]
+                if not isinstance(err, dict):
+                    raise RpcTransportError("malformed error object", endpoint=endpoint.label)
+                results.append(
+                    RpcResponseError(
+                        str(err.get("message", "")), endpoint=endpoint.label, code=err.get("code"), data=err.get("data")
+                    )
+                )
+            elif "result" in item:
+                results.append(item["result"])
+            else:
+                raise RpcTransportError(f"neither result nor error for {method}", endpoint=endpoint.label)
+        return results
+
+    def _mark_failed(self, endpoint: EndpointHealth, exc: Exception, kind: str) -> None:
+        with endpoint.lock:
+            endpoint.consecutive_failures += 1
+            endpoint.total_failures += 1
+            endpoint.last_error = str(exc)[:300]
+            endpoint.last_error_at = time.time()
+            endpoint.cooldown_until = time.monotonic() + min(
+                self.cooldown * (2 ** (endpoint.consecutive_failures - 1)), 300
+            )
+        RPC_ERRORS.labels(endpoint.label, kind).inc()
+        log.warning("RPC endpoint %s failed (%s): %s", endpoint.label, kind, str(exc)[:200])
+
+    def _mark_ok(self, endpoint: EndpointHealth) -> None:
+        if endpoint.consecutive_failures:
+            log.info("RPC endpoint %s recovered", endpoint.label)
+        endpoint.consecutive_failures = 0
+        endpoint.cooldown_until = 0.0
+        endpoint.last_ok_at = time.time()
+
+
+def _should_fail_over(error: RpcResponseError) -> bool:
+    message = str(error).lower()
+    return error.code in _FAILOVER_CODES and any(m in message for m in _FAILOVER_MESSAGES) or any(
+        m in message for m in _FAILOVER_MESSAGES[:2]
+    )
+
+
+_client_lock = threading.Lock()
+_clients: dict[tuple, RpcClient] = {}
+
+
+def get_rpc_client() -> RpcClient:
+    """The process's client for the configured endpoints (rebuilt if the settings change, e.g. in tests)."""
+    from django.conf import settings
+
+    options = {
+        "timeout": settings.RPC_TIMEOUT_SECONDS,
+        "retries": getattr(settings, "RPC_RETRIES", 2),
+        "backoff": getattr(settings, "RPC_BACKOFF_SECONDS", 0.25),
+        "cooldown": getattr(settings, "RPC_COOLDOWN_SECONDS", 15.0),
+    }
+    key = (tuple(settings.CHAIN_RPC_URLS), tuple(sorted(options.items())))
+    with _client_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = RpcClient(list(settings.CHAIN_RPC_URLS), **options)
+            _clients.clear()
+            _clients[key] = client
+        return client
+
+
+# -- chain reading helpers used by the scanner and the fast path ---------------------------
+# Plain functions over an RpcClient: every answer is checked for shape before it is trusted
+# (a garbage answer fails over to the next endpoint inside `RpcClient.batch`).
+
+_HASH_LEN = 66
+
+
+@dataclass(frozen=True)
+class BlockHeader:
+    number: int
+    hash: str
+    parent_hash: str
+    timestamp: int
+
+
+def parse_header(raw) -> BlockHeader:
+    """A block object from eth_getBlockByNumber/Hash → BlockHeader; ValueError if malformed."""
+    if not isinstance(raw, dict):
+        raise ValueError("block is not an object")
+    header = BlockHeader(
+        number=int(raw["number"], 16),
+        hash=_hash(raw["hash"]),
+        parent_hash=_hash(raw["parentHash"]),
+        timestamp=int(raw["timestamp"], 16),
+    )
+    return header
+
+
+def _hash(value) -> str:
+    if not isinstance(value, str) or len(value) != _HASH_LEN or not value.startswith("0x"):
+        raise ValueError(f"not a 32-byte hash: {value!r:.80}")
+    int(value, 16)
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class ChainTip:
+    latest: BlockHeader
+    finalized: BlockHeader | None  # None: the node has no `finalized` tag
+    at_cursor: BlockHeader | None  # the canonical header at the number asked for (None if absent)
+
+
+def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
+    """Head, finalized head and the canonical header at `cursor_block`, in one round trip."""
+    calls = [("eth_getBlockByNumber", ["latest", False]), ("eth_getBlockByNumber", ["finalized", False])]
+    if cursor_block is not None:
+        calls.append(("eth_getBlockByNumber", [hex(cursor_block), False]))
+
+    parsed: dict = {}
+
+    def validate(results):
+        latest = parse_header(results[0])
+        finalized = None
+        if not isinstance(results[1], RpcResponseError) and results[1] is not None:
+            finalized = parse_header(results[1])
+            if finalized.number > latest.number:
+                raise RpcInconsistentAnswer("finalized block above the head")
+        at_cursor = None
+        if cursor_block is not None:
+            if isinstance(results[2], RpcResponseError):
+                raise RpcInconsistentAnswer(f"no header for block {cursor_block}: {results[2]}")
+            if results[2] is not None:
+                at_cursor = parse_header(results[2])
+                if at_cursor.number != cursor_block:
+                    raise RpcInconsistentAnswer("header for the wrong block number")
+            elif cursor_block <= latest.number:
+                raise RpcInconsistentAnswer(f"node has no block {cursor_block} below its head")
+        parsed["tip"] = ChainTip(latest=latest, finalized=finalized, at_cursor=at_cursor)
+
+    # allow_errors: a node without the `finalized` tag answers that call with an error.
+    client.batch(calls, allow_errors=True, validate=validate, optional=frozenset({1}))
+    return parsed["tip"]
+
+
+def get_headers(client: RpcClient, numbers: list[int]) -> dict[int, BlockHeader]:
+    """Canonical headers of `numbers` (one batch); RpcInconsistentAnswer if any is missing."""
+    if not numbers:
+        return {}
+    parsed: dict[int, BlockHeader] = {}
+
+    def validate(results):
+        parsed.clear()
+        for number, raw in zip(numbers, results):
+            if raw is None:
+                raise RpcInconsistentAnswer(f"node has no block {number}")
+            header = parse_header(raw)
+            if header.number != number:
+                raise RpcInconsistentAnswer("header for the wrong block number")
+            parsed[number] = header
+
+    client.batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers], validate=validate)
+    return parsed
+
+
+class LogRangeTooLarge(RpcError):
+    """The node refused an eth_getLogs range (too many results, range too wide, timeout).
+
+    `suggested_to` is the end block of a range the provider named as workable, if it did.
+    """
+
+    def __init__(self, message: str, *, suggested_to: int | None = None, **kwargs):
+        super().__init__(message, **kwargs)
+        self.suggested_to = suggested_to
+
+
+_RANGE_HINT = re.compile(r"\[\s*(0x[0-9a-fA-F]+)\s*,\s*(0x[0-9a-fA-F]+)\s*\]")
+_RANGE_ERROR_WORDS = (
+    "more than", "too many", "limit", "exceed", "range", "too large", "too wide", "timeout", "timed out",
+    "response size", "query returned",
+)
+
+
+def suggested_range(message: str) -> tuple[int, int] | None:
+    """`Try with this block range [0x1, 0x2]` (Infura/Alchemy style) → (1, 2)."""
+    match = _RANGE_HINT.search(message or "")
+    if not match:
+        return None
+    start, end = int(match.group(1), 16), int(match.group(2), 16)
+    return (start, end) if end >= start else None
+
+
+def get_logs_checked(
+    client: RpcClient,
+    *,
+    address: str,
+    topics: list,
+    from_block: int,
+    to_block: int,
+    held_hashes: dict[int, str],
+) -> tuple[list[dict], BlockHeader]:
+    """eth_getLogs for [from_block, to_block] plus the header of `to_block`, in ONE batch.
+
+    Asking both in one HTTP request makes one node answer both: if it returns the header we
+    hold for `to_block` (`held_hashes`, the unfinalized window we fetched), it has every block
+    of the range on our chain, so its log answer is complete. Every log must lie in the range,
+    must not be `removed`, and where we hold a block's hash the log's block hash must match.
+    Anything else is an inconsistent answer (next endpoint). A refused range raises
+    LogRangeTooLarge.
+    """
+    params = {"fromBlock": hex(from_block), "toBlock": hex(to_block), "address": address, "topics": topics}
+    calls = [("eth_getLogs", [params]), ("eth_getBlockByNumber", [hex(to_block), False])]
+    parsed: dict = {}
+
+    def validate(results):
+        logs, raw_header = results
+        if isinstance(logs, RpcResponseError):
+            return  # handled below (range errors are the node's answer, not a fault)
+        if raw_header is None or isinstance(raw_header, RpcResponseError):
+            raise RpcInconsistentAnswer(f"node has no block {to_block}")
+        header = parse_header(raw_header)
+        if header.number != to_block:
+            raise RpcInconsistentAnswer("header for the wrong block number")
+        held = held_hashes.get(to_block)
+        if held is not None and held != header.hash:
+            raise RpcInconsistentAnswer(f"block {to_block} hash differs from the header we hold")
+        if not isinstance(logs, list):
+            raise RpcInconsistentAnswer("eth_getLogs result is not a list")
+        for log_ in logs:
+            number = int(log_["blockNumber"], 16)
+            if not from_block <= number <= to_block:
+                raise RpcInconsistentAnswer(f"log from block {number} outside [{from_block}, {to_block}]")
+            if log_.get("removed"):
+                raise RpcInconsistentAnswer("log marked removed")
+            expected = header.hash if number == to_block else held_hashes.get(number)
+            if expected is not None and log_["blockHash"].lower() != expected:
+                raise RpcInconsistentAnswer(f"log block hash for {number} differs from the header")
+        parsed["header"] = header
+
+    logs, _ = client.batch(calls, allow_errors=True, validate=validate)
+    if isinstance(logs, RpcResponseError):
+        message = str(logs)
+        hint = suggested_range(message)
+        lowered = message.lower()
+        if hint or any(word in lowered for word in _RANGE_ERROR_WORDS):
+            raise LogRangeTooLarge(message, suggested_to=hint[1] if hint else None, code=logs.code)
+        raise logs
+    return logs, parsed["header"]
+
+
+def get_receipt(client: RpcClient, tx_hash: str) -> dict | None:
+    """The transaction receipt, or None while it is not mined (or not known to the node)."""
+
+    def validate(results):
+        receipt = results[0]
+        if receipt is None:
+            return
+        if not isinstance(receipt, dict) or receipt.get("transactionHash", "").lower() != tx_hash.lower():
+            raise RpcInconsistentAnswer("receipt for another transaction")
+        int(receipt["blockNumber"], 16)
+        _hash(receipt["blockHash"])
+        if not isinstance(receipt.get("logs"), list):
+            raise RpcInconsistentAnswer("receipt without logs")
+
+    return client.batch([("eth_getTransactionReceipt", [tx_hash])], validate=validate)[0]

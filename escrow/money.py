@@ -1,0 +1,124 @@
+"""Money rules: USDC base units as Python ints, fee splits that round down and always sum up.
+
+Nothing here ever touches float. Amounts travel as int (6-decimal USDC base units) and are
+stored as NUMERIC(78,0) (see `escrow.fields.Uint256Field`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+
+USDC_DECIMALS = 6
+UNIT = 10**USDC_DECIMALS
+UINT256_MAX = 2**256 - 1
+BPS = 10_000
+MAX_PLATFORM_FEE_RATE = 2_000
+MAX_INVITER_FEE_RATE = 1_000
+
+
+class AmountError(ValueError):
+    """The amount is not a valid USDC amount; the message says why."""
+
+
+def parse_amount(value) -> int:
+    """Parse a USDC amount from the API into base units.
+
+    Accepts a decimal string ("100.50", "100") meaning whole USDC, or an int meaning base
+    units. Rejects floats (they cannot carry money exactly), more than 6 decimals,
+    negatives, zero, and anything above uint256.
+    """
+    if isinstance(value, bool):
+        raise AmountError("must be a decimal string like \"100.50\" or an integer number of base units")
+    if isinstance(value, int):
+        base_units = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if not text or len(text) > 100:
+            raise AmountError("must be a decimal string like \"100.50\" or an integer number of base units")
+        try:
+            number = Decimal(text)
+        except InvalidOperation:
+            raise AmountError("is not a decimal number") from None
+        if not number.is_finite() or "e" in text.lower() or text.startswith("+"):
+            raise AmountError("must be written as plain digits with an optional decimal point")
+        exponent = number.as_tuple().exponent
+        if exponent < -USDC_DECIMALS:
+            raise AmountError(f"has more than {USDC_DECIMALS} decimal places")
+        base_units = int(number * UNIT)
+    else:
+        raise AmountError("must be a decimal string like \"100.50\" or an integer number of base units")
+    if base_units < 0:
+        raise AmountError("must not be negative")
+    if base_units == 0:
+        raise AmountError("must be greater than zero")
+    if base_units > UINT256_MAX:
+        raise AmountError("is larger than uint256 allows")
+    return base_units
+
+
+def format_amount(base_units: int) -> str:
+    """Base units as a decimal USDC string with exactly 6 decimals ("100.500000")."""
+    sign = "-" if base_units < 0 else ""
+    whole, frac = divmod(abs(base_units), UNIT)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@dataclass(frozen=True)
+class FeeSplit:
+    provider: int
+    platform: int
+    inviter: int
+
+    @property
+    def total(self) -> int:
+        return self.provider + self.platform + self.inviter
+
+
+def split_completion(amount: int, platform_fee_rate: int, inviter_fee_rate: int) -> FeeSplit:
+    """The contract's completion payout: fees round down, the provider gets the remainder."""
+    platform = amount * platform_fee_rate // BPS
+    inviter = amount * inviter_fee_rate // BPS
+    return FeeSplit(provider=amount - platform - inviter, platform=platform, inviter=inviter)
+
+
+def check_fee_rates(platform_fee_rate: int, inviter_fee_rate: int, *, has_inviter: bool) -> None:
+    """The contract's rate rules: caps, and no inviter fee without an inviter. Raises InvalidInput."""
+    from .errors import InvalidInput
+
+    for field, rate, cap in (
+        ("platform_fee_rate", platform_fee_rate, MAX_PLATFORM_FEE_RATE),
+        ("inviter_fee_rate", inviter_fee_rate, MAX_INVITER_FEE_RATE),
+    ):
+        if isinstance(rate, bool) or not isinstance(rate, int):
+            raise InvalidInput(field, "must be an integer number of basis points")
+        if not 0 <= rate <= cap:
+            raise InvalidInput(field, f"must be between 0 and {cap} basis points")
+    if not has_inviter and inviter_fee_rate != 0:
+        raise InvalidInput("inviter_fee_rate", "must be 0 when there is no inviter")
+
+
+@dataclass(frozen=True)
+class CancellationSplit:
+    """How a cancelled booking's escrowed amount is paid out (the CancellationAuthorization amounts)."""
+
+    customer: int
+    provider: int
+    platform: int
+    inviter: int
+
+    @property
+    def total(self) -> int:
+        return self.customer + self.provider + self.platform + self.inviter
+
+
+def split_cancellation(amount: int, refund_bps: int, platform_fee_rate: int, inviter_fee_rate: int) -> CancellationSplit:
+    """The customer gets `refund_bps` of the amount (rounded down); the rest is paid out like
+    a completion of that smaller amount (`split_completion`): fees round down at the booking's
+    rates and the provider gets the remainder. The parts therefore sum to `amount` exactly,
+    none is negative, and each fee stays within its cap of the amount.
+    """
+    if not 0 <= refund_bps <= BPS:
+        raise ValueError("refund_bps must be between 0 and 10000")
+    refund = amount * refund_bps // BPS
+    kept = split_completion(amount - refund, platform_fee_rate, inviter_fee_rate)
+    return CancellationSplit(customer=refund, provider=kept.provider, platform=kept.platform, inviter=kept.inviter)

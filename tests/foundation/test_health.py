@@ -1,0 +1,36 @@
+import pytest
+from django.test import Client
+
+pytestmark = pytest.mark.django_db
+
+
+def test_health_is_healthy_with_database_redis_and_chain(chain_settings):
+    response = Client().get("/api/health/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["components"]["database"]["status"] == "healthy"
+    assert body["components"]["redis"]["status"] == "healthy"
+    assert body["components"]["rpc"]["head_block"] >= chain_settings.start_block
+
+
+def test_health_degrades_when_rpc_is_down(settings):
+    settings.CHAIN_RPC_URLS = ["http://127.0.0.1:9"]  # discard port: nothing listens
+    response = Client().get("/api/health/")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["status"] == "degraded"
+    assert body["components"]["rpc"]["status"] == "unhealthy"
+
+
+def test_metrics_endpoint_exports_prometheus_text():
+    response = Client().get("/metrics")
+    assert response.status_code == 200
+    assert b"django_http_requests" in response.content
+
+
+def test_openapi_schema_and_docs_render():
+    client = Client()
+    schema = client.get("/api/schema/")
+    assert schema.status_code == 200
+    assert b"openapi" in schema.content
+    assert client.get("/api/docs/").status_code == 200
