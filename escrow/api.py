@@ -1,0 +1,264 @@
+"""HTTP edge of the escrow app: parse and check the request, call escrow.services, shape the answer.
+
+Access: a wallet signed in with SIWE (`Authorization: Bearer <token>`) acts on bookings where
+it is the customer; as provider it can read them and request cancellation. Staff (Django
+session) can read every booking and act on none (they work in the admin). Anyone else gets
+404 for a booking, anonymous callers 401.
+"""
+from __future__ import annotations
+
+import uuid
+
+from django.conf import settings
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from rest_framework import mixins, status
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+from rest_framework.views import APIView
+from rest_framework.viewsets import GenericViewSet
+
+from .authentication import WalletTokenAuthentication, is_wallet
+from .cancellation import CUSTOMER, PROVIDER
+from .models import Booking
+from .permissions import IsWallet, IsWalletOrStaff
+from .serializers import (
+    BookingCreateSerializer,
+    BookingSerializer,
+    CancellationAuthorizationSerializer,
+    CancellationRequestSerializer,
+    PaymentAuthorizationSerializer,
+    SignInNonceSerializer,
+    SignInSerializer,
+    StrictSerializer,
+    TransactionSubmissionSerializer,
+    TransactionSubmitSerializer,
+    WalletSessionSerializer,
+    WalletTokenSerializer,
+)
+from .services import (
+    actor_label,
+    bookings_visible_to,
+    create_booking,
+    issue_payment_authorization,
+    request_cancellation,
+    require_role,
+    submit_transaction,
+)
+from .siwe import issue_sign_in_nonce, verify_sign_in
+from .throttling import SignInThrottle, WalletAuthorizationThrottle
+from .wallet_tokens import issue_wallet_token, revoke_wallet_token
+
+API_AUTHENTICATION = [WalletTokenAuthentication, SessionAuthentication]
+
+_ERRORS = {
+    400: OpenApiResponse(description="Bad input: {field: [reason]} or {detail}"),
+    401: OpenApiResponse(description="Not signed in"),
+    403: OpenApiResponse(description="Signed in, but this role may not do this"),
+    404: OpenApiResponse(description="No such booking visible to the caller"),
+}
+_CONFLICT = {409: OpenApiResponse(description="The booking's status does not allow this: {detail, status}")}
+_THROTTLED = {429: OpenApiResponse(description="Too many requests; see Retry-After")}
+_BOOKING_ID = OpenApiParameter("booking_id", str, OpenApiParameter.PATH, description="booking UUID")
+
+
+class EmptyBodySerializer(StrictSerializer):
+    """Endpoints that take no input still refuse fields (and malformed JSON)."""
+
+
+def _check_empty_body(request) -> None:
+    EmptyBodySerializer(data=request.data).is_valid(raise_exception=True)
+
+
+class BookingPagination(PageNumberPagination):
+    page_size = 50
+
+
+@extend_schema_view(
+    list=extend_schema(summary="The caller's bookings (as customer or provider; staff: all)", responses={200: BookingSerializer(many=True), **_ERRORS}),
+    retrieve=extend_schema(summary="One booking with its status history", parameters=[_BOOKING_ID], responses={200: BookingSerializer, **_ERRORS}),
+)
+class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
+    authentication_classes = API_AUTHENTICATION
+    permission_classes = [IsWalletOrStaff]
+    serializer_class = BookingSerializer
+    pagination_class = BookingPagination
+    lookup_url_kwarg = "booking_id"
+    lookup_value_regex = "[^/]+"
+    queryset = Booking.objects.none()  # for the schema generator; get_queryset decides
+
+    def get_queryset(self):
+        queryset = bookings_visible_to(self.request.user)
+        if self.action in ("list", "retrieve"):
+            queryset = queryset.prefetch_related("status_changes")
+        return queryset
+
+    def get_object(self) -> Booking:
+        try:
+            booking_uuid = uuid.UUID(self.kwargs["booking_id"])
+        except ValueError:
+            raise NotFound("No booking with this id: booking ids are UUIDs.") from None
+        try:
+            return self.get_queryset().get(uuid=booking_uuid)
+        except Booking.DoesNotExist:
+            raise NotFound("No booking with this id is visible to you.") from None
+
+    @extend_schema(
+        summary="Book a provider; the signed-in wallet is the customer",
+        description=(
+            "Amount: a decimal string of whole USDC (\"100.50\", at most 6 decimals) or an integer of "
+            "base units. Fee rates are not chosen by the client: 1000 bps with no inviter, 500 + 500 with one "
+            "(settings DEFAULT_*_FEE_RATE). scheduled_at must be in the future and carry a time zone."
+        ),
+        request=BookingCreateSerializer,
+        responses={201: BookingSerializer, **_ERRORS},
+    )
+    def create(self, request):
+        if not is_wallet(request.user):
+            raise PermissionDenied("Only a signed-in wallet can book; it becomes the booking's customer.")
+        serializer = BookingCreateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        booking = create_booking(customer=request.user.address, actor=actor_label(request.user), **serializer.validated_data)
+        return Response(BookingSerializer(booking).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Sign a BookingAuthorization for createAndPayBooking (customer only)",
+        description=(
+            "Each call signs a fresh authorization (new nonce, expiry AUTHORIZATION_TTL_SECONDS); nothing "
+            "is re-served. Allowed while the booking is PENDING_PAYMENT, or EXPIRED with its scheduled time "
+            "still ahead (it goes back to PENDING_PAYMENT). Throttled per wallet (AUTHORIZATION_THROTTLE_RATE)."
+        ),
+        parameters=[_BOOKING_ID],
+        request=None,
+        responses={200: PaymentAuthorizationSerializer, **_ERRORS, **_CONFLICT, **_THROTTLED},
+    )
+    @action(detail=True, methods=["post"], url_path="authorize-payment", throttle_classes=[WalletAuthorizationThrottle])
+    def authorize_payment(self, request, booking_id=None):
+        booking = self.get_object()
+        require_role(booking, request.user, {CUSTOMER}, "authorize its payment")
+        _check_empty_body(request)
+        signed = issue_payment_authorization(booking, actor=actor_label(request.user))
+        return Response(PaymentAuthorizationSerializer(signed).data)
+
+    @extend_schema(
+        summary="Request cancellation: sign a CancellationAuthorization for cancelBooking (customer or provider)",
+        description=(
+            "Moves a PAID or PENDING_COMPLETION booking to PENDING_CANCELLATION and signs the payout split "
+            "of the cancellation policy: the provider cancelling refunds the customer fully; the customer "
+            "cancelling gets a full refund more than 24 h before the scheduled time, 50 % from 24 h to 2 h "
+            "before, nothing later (all configurable). The rest is paid out like a completion. Refused (409) "
+            "while an earlier cancellation authorization is still valid. Throttled per wallet."
+        ),
+        parameters=[_BOOKING_ID],
+        request=CancellationRequestSerializer,
+        responses={200: CancellationAuthorizationSerializer, **_ERRORS, **_CONFLICT, **_THROTTLED},
+    )
+    @action(detail=True, methods=["post"], url_path="request-cancellation", throttle_classes=[WalletAuthorizationThrottle])
+    def request_cancellation(self, request, booking_id=None):
+        booking = self.get_object()
+        role = require_role(booking, request.user, {CUSTOMER, PROVIDER}, "request its cancellation")
+        serializer = CancellationRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        signed, terms = request_cancellation(
+            booking, requested_by=role, reason=serializer.validated_data["reason"], actor=actor_label(request.user)
+        )
+        body = CancellationAuthorizationSerializer(
+            {
+                **signed.__dict__,
+                "booking_status": signed.record.booking.status,
+                "policy_tier": terms.tier,
+                "refund_bps": terms.refund_bps,
+                "split": {k: str(v) for k, v in terms.split.__dict__.items()},
+            }
+        ).data
+        return Response(body)
+
+    @extend_schema(
+        summary="Report the transaction sent for this booking (customer or provider)",
+        description=(
+            "Fetches the receipt at once instead of waiting for the scanner. 202 {status: pending} while it "
+            "is not mined; 200 {status: mined|reverted} once it is; 400 when it did not touch the escrow "
+            "contract or has no event for this booking."
+        ),
+        parameters=[_BOOKING_ID],
+        request=TransactionSubmitSerializer,
+        responses={
+            200: TransactionSubmissionSerializer,
+            202: TransactionSubmissionSerializer,
+            **_ERRORS,
+            503: OpenApiResponse(description="The chain node is unavailable"),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="submit-transaction")
+    def submit_transaction(self, request, booking_id=None):
+        booking = self.get_object()
+        require_role(booking, request.user, {CUSTOMER, PROVIDER}, "report its transactions")
+        serializer = TransactionSubmitSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        result = submit_transaction(booking, serializer.validated_data["tx_hash"], actor=actor_label(request.user))
+        code = status.HTTP_202_ACCEPTED if result.status == "pending" else status.HTTP_200_OK
+        return Response(TransactionSubmissionSerializer(result).data, status=code)
+
+
+# -- Sign-In with Ethereum ------------------------------------------------------------------
+class SignInNonceView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [SignInThrottle]
+
+    @extend_schema(
+        summary="Start Sign-In with Ethereum: a single-use nonce for the EIP-4361 message",
+        request=None,
+        responses={201: SignInNonceSerializer, 400: _ERRORS[400], **_THROTTLED},
+    )
+    def post(self, request):
+        _check_empty_body(request)
+        body = {
+            "nonce": issue_sign_in_nonce(),
+            "expires_in": settings.SIWE_NONCE_TTL_SECONDS,
+            "domains": settings.SIWE_DOMAIN,
+            "chain_id": settings.CHAIN_ID,
+        }
+        return Response(SignInNonceSerializer(body).data, status=status.HTTP_201_CREATED)
+
+
+class SignInView(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+    throttle_classes = [SignInThrottle]
+
+    @extend_schema(
+        summary="Finish Sign-In with Ethereum: verify the signed EIP-4361 message, get a bearer token",
+        request=SignInSerializer,
+        responses={200: WalletTokenSerializer, 400: _ERRORS[400], **_THROTTLED},
+    )
+    def post(self, request):
+        serializer = SignInSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        message = verify_sign_in(serializer.validated_data["message"], serializer.validated_data["signature"])
+        issued = issue_wallet_token(message.address)
+        body = {"token": issued.token, "token_type": "Bearer", "address": issued.address, "expires_at": issued.expires_at}
+        return Response(WalletTokenSerializer(body).data)
+
+
+class SignOutView(APIView):
+    authentication_classes = [WalletTokenAuthentication]
+    permission_classes = [IsWallet]
+
+    @extend_schema(summary="Revoke the bearer token used for this request", request=None, responses={204: None, 401: _ERRORS[401]})
+    def post(self, request):
+        revoke_wallet_token(request.auth)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class WalletSessionView(APIView):
+    authentication_classes = [WalletTokenAuthentication]
+    permission_classes = [IsWallet]
+
+    @extend_schema(summary="The signed-in wallet", responses={200: WalletSessionSerializer, 401: _ERRORS[401]})
+    def get(self, request):
+        body = {"address": request.user.address, "token_expires_at": request.auth.expires_at}
+        return Response(WalletSessionSerializer(body).data)

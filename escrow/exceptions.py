@@ -1,0 +1,56 @@
+"""The API's exception handler: domain errors become JSON answers with a status that says what happened.
+
+  InvalidInput, AmountError, Django ValidationError → 400 {field: [reason]}
+  NotPermitted                                     → 403 {"detail": ...}
+  IllegalTransition, BookingConflict               → 409 {"detail": ..., "status": current status}
+  RpcError (chain node unreachable or erroring)    → 503 {"detail": ...}
+Everything else goes to DRF's default handler (its own APIExceptions, Http404, PermissionDenied);
+what that does not know is a bug and stays a 500.
+"""
+from __future__ import annotations
+
+import logging
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from chain_events.rpc import RpcError
+
+from .errors import BookingConflict, InvalidInput, NotPermitted
+from .money import AmountError
+from .state import IllegalTransition
+
+log = logging.getLogger(__name__)
+
+
+def api_exception_handler(exc, context):
+    if isinstance(exc, InvalidInput):
+        return Response({exc.field: [exc.reason]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, AmountError):
+        return Response({"amount": [str(exc)]}, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DjangoValidationError):
+        body = exc.message_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.messages}
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, NotPermitted):
+        return Response({"detail": str(exc)}, status=status.HTTP_403_FORBIDDEN)
+    if isinstance(exc, IllegalTransition):
+        return Response(
+            {"detail": str(exc), "status": exc.from_status, "requested_status": exc.to_status},
+            status=status.HTTP_409_CONFLICT,
+        )
+    if isinstance(exc, BookingConflict):
+        booking = getattr(exc, "booking", None)
+        body = {"detail": str(exc)}
+        if booking is not None:
+            body["status"] = booking.status
+        return Response(body, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, RpcError):
+        log.warning("chain RPC failed while serving an API request: %s", exc)
+        return Response(
+            {"detail": "The chain node is unavailable right now; try again shortly."},
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,273 @@
+"""Request and response shapes of the escrow API. Input serializers check form (types,
+formats, unknown fields); the booking rules themselves live in escrow.services."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from .addresses import normalize_address
+from .errors import InvalidInput
+from .models import Booking, BookingStatusChange
+from .money import AmountError, format_amount, parse_amount
+from .services import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH, SUBMISSION_STATUSES, normalize_tx_hash
+from .siwe import MAX_MESSAGE_LENGTH
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses fields it does not declare, so a typo ("ammount") is an error, not a silent default.
+
+    `refused_fields` gives a specific reason for fields clients may expect to set but cannot.
+    """
+
+    refused_fields: dict[str, str] = {}
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):
+            writable = {name for name, f in self.fields.items() if not f.read_only}
+            unknown = sorted(str(key) for key in data if key not in writable)
+            if unknown:
+                raise serializers.ValidationError(
+                    {key: [self.refused_fields.get(key, "Unknown field.")] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(
+    {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "example": "0x90F79bf6EB2c4f870365E785982E1f101E93b906"}
+)
+class AddressField(serializers.Field):
+    """0x address, checksummed or all one case; returned in EIP-55 form."""
+
+    default_error_messages = {"type": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("type")
+        try:
+            return normalize_address(data, field=self.field_name)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.reason) from None
+
+    def to_representation(self, value):
+        return value or None
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "description": "whole USDC, e.g. \"100.50\""},
+            {"type": "integer", "minimum": 1, "description": "USDC base units (6 decimals)"},
+        ]
+    }
+)
+class AmountField(serializers.Field):
+    """A decimal string of whole USDC ("100.50") or an integer of base units (escrow.money.parse_amount)."""
+
+    def to_internal_value(self, data):
+        try:
+            return parse_amount(data)
+        except AmountError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def to_representation(self, value):
+        return str(value)
+
+
+class AwareDateTimeField(serializers.DateTimeField):
+    """An ISO 8601 date-time that states its UTC offset (a time without one is ambiguous)."""
+
+    default_error_messages = {"naive": "Must include a time zone offset, e.g. 2030-01-01T10:00:00Z."}
+
+    def to_internal_value(self, value):
+        if isinstance(value, str):
+            from django.utils.dateparse import parse_datetime
+
+            try:
+                parsed = parse_datetime(value)
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is None:
+                self.fail("naive")
+        return super().to_internal_value(value)
+
+
+# -- bookings -------------------------------------------------------------------------------
+class BookingCreateSerializer(StrictSerializer):
+    refused_fields = {
+        "customer": "The customer is the signed-in wallet; it cannot be chosen.",
+        "platform_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
+        "inviter_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
+    }
+
+    provider = AddressField()
+    inviter = AddressField(required=False, allow_null=True, help_text="omit or null when nobody invited the customer")
+    amount = AmountField()
+    scheduled_at = AwareDateTimeField()
+    description = serializers.CharField(max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True, default="")
+
+
+class StatusChangeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = BookingStatusChange
+        fields = ["from_status", "to_status", "source", "tx_hash", "note", "created_at"]
+
+
+class BookingSerializer(serializers.ModelSerializer):
+    id = serializers.UUIDField(source="uuid", read_only=True)
+    customer = serializers.CharField(source="customer_address", read_only=True)
+    provider = serializers.CharField(source="provider_address", read_only=True)
+    inviter = serializers.SerializerMethodField()
+    amount = serializers.SerializerMethodField(help_text="USDC base units, as a decimal string")
+    amount_decimal = serializers.SerializerMethodField(help_text="whole USDC with 6 decimals, e.g. \"100.500000\"")
+    status_history = StatusChangeSerializer(source="status_changes", many=True, read_only=True)
+
+    class Meta:
+        model = Booking
+        fields = [
+            "id",
+            "chain_booking_id",
+            "customer",
+            "provider",
+            "inviter",
+            "amount",
+            "amount_decimal",
+            "platform_fee_rate",
+            "inviter_fee_rate",
+            "scheduled_at",
+            "description",
+            "status",
+            "status_before_cancellation",
+            "cancellation_reason",
+            "payment_tx_hash",
+            "completion_tx_hash",
+            "cancellation_tx_hash",
+            "chain_confirmed_at",
+            "status_changed_at",
+            "created_at",
+            "updated_at",
+            "status_history",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(OpenApiTypes.STR)
+    def get_inviter(self, booking) -> str | None:
+        return booking.inviter_address or None
+
+    def get_amount(self, booking) -> str:
+        return str(int(booking.amount))
+
+    def get_amount_decimal(self, booking) -> str:
+        return format_amount(int(booking.amount))
+
+
+# -- authorizations -------------------------------------------------------------------------
+class Eip712DomainSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.CharField()
+    chainId = serializers.IntegerField()
+    verifyingContract = serializers.CharField()
+
+
+class BookingAuthorizationMessageSerializer(serializers.Serializer):
+    bookingId = serializers.CharField(help_text="bytes32, 0x hex")
+    customer = serializers.CharField()
+    provider = serializers.CharField()
+    inviter = serializers.CharField(help_text="the zero address when there is no inviter")
+    amount = serializers.CharField(help_text="uint256 as a decimal string")
+    platformFeeRate = serializers.CharField()
+    inviterFeeRate = serializers.CharField()
+    expiry = serializers.CharField(help_text="unix seconds")
+    nonce = serializers.CharField()
+
+
+class CancellationAuthorizationMessageSerializer(serializers.Serializer):
+    bookingId = serializers.CharField(help_text="bytes32, 0x hex")
+    customerAmount = serializers.CharField()
+    providerAmount = serializers.CharField()
+    platformAmount = serializers.CharField()
+    inviterAmount = serializers.CharField()
+    reason = serializers.CharField()
+    expiry = serializers.CharField(help_text="unix seconds")
+    nonce = serializers.CharField()
+
+
+class SignedAuthorizationSerializer(serializers.Serializer):
+    """Everything a wallet needs to call the contract (message fields + signature) or to verify it (types, domain)."""
+
+    booking = serializers.UUIDField(source="record.booking.uuid")
+    primaryType = serializers.CharField(source="primary_type")
+    domain = Eip712DomainSerializer()
+    types = serializers.DictField(child=serializers.ListField(child=serializers.DictField(child=serializers.CharField())))
+    signature = serializers.CharField(help_text="65 bytes r‖s‖v, 0x hex")
+    digest = serializers.CharField(help_text="the EIP-712 digest that was signed")
+    nonce = serializers.CharField()
+    expiry = serializers.CharField(help_text="unix seconds")
+    expires_at = serializers.DateTimeField()
+
+
+class PaymentAuthorizationSerializer(SignedAuthorizationSerializer):
+    message = BookingAuthorizationMessageSerializer()
+
+
+class CancellationSplitSerializer(serializers.Serializer):
+    customer = serializers.CharField()
+    provider = serializers.CharField()
+    platform = serializers.CharField()
+    inviter = serializers.CharField()
+
+
+class CancellationAuthorizationSerializer(SignedAuthorizationSerializer):
+    message = CancellationAuthorizationMessageSerializer()
+    booking_status = serializers.CharField()
+    policy_tier = serializers.CharField(help_text="provider_cancelled | full_refund | partial_refund | late")
+    refund_bps = serializers.IntegerField(help_text="share of the amount refunded to the customer, basis points")
+    split = CancellationSplitSerializer(help_text="base units as decimal strings; sums to the booking amount")
+
+
+class CancellationRequestSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=MAX_REASON_LENGTH)
+
+
+class TransactionSubmitSerializer(StrictSerializer):
+    tx_hash = serializers.CharField(max_length=66, trim_whitespace=False)
+
+    def validate_tx_hash(self, value):
+        try:
+            return normalize_tx_hash(value)
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.reason) from None
+
+
+class TransactionSubmissionSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=SUBMISSION_STATUSES)
+    tx_hash = serializers.CharField()
+    block_number = serializers.IntegerField(allow_null=True)
+    events = serializers.ListField(child=serializers.CharField())
+
+
+# -- sign-in --------------------------------------------------------------------------------
+class SignInNonceSerializer(serializers.Serializer):
+    nonce = serializers.CharField()
+    expires_in = serializers.IntegerField(help_text="seconds")
+    domains = serializers.ListField(child=serializers.CharField(), help_text="accepted EIP-4361 domains")
+    chain_id = serializers.IntegerField()
+
+
+class SignInSerializer(StrictSerializer):
+    message = serializers.CharField(max_length=MAX_MESSAGE_LENGTH, trim_whitespace=False, help_text="EIP-4361 text")
+    signature = serializers.CharField(max_length=200, help_text="personal_sign signature, 0x hex")
+
+
+class WalletTokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    token_type = serializers.CharField()
+    address = serializers.CharField()
+    expires_at = serializers.DateTimeField()
+
+
+class WalletSessionSerializer(serializers.Serializer):
+    address = serializers.CharField()
+    token_expires_at = serializers.DateTimeField()

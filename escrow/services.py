@@ -1,0 +1,341 @@
+"""Booking use cases as plain functions: the API, admin, Celery tasks and the shell all call these.
+
+Errors: `InvalidInput` (a bad value, names the field), `BookingConflict` and
+`escrow.state.IllegalTransition` (the booking's state does not allow it), `NotPermitted`
+(the caller's role does not allow it). Status changes always go through `escrow.state.transition`.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Exists, OuterRef, Q, QuerySet
+from django.utils import timezone
+
+from contracts.artifacts import EVENT_TOPICS
+
+from .addresses import normalize_address
+from .authentication import is_staff_user, is_wallet
+from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
+from .errors import BookingConflict, InvalidInput, NotPermitted
+from .models import Booking, BookingStatus, SignatureKind, SignatureNonce, StatusSource
+from .money import AmountError, check_fee_rates, parse_amount
+from .signing import SignedAuthorization, sign_cancellation_authorization, sign_payment_authorization
+from .state import record_creation, transition
+
+log = logging.getLogger(__name__)
+
+S = BookingStatus
+STAFF = "staff"
+MAX_DESCRIPTION_LENGTH = 500
+MAX_REASON_LENGTH = 500
+TX_HASH_PATTERN = re.compile(r"0x[0-9a-fA-F]{64}")
+# Who ran a job that is neither a person nor the chain (audit rows' actor).
+SYSTEM_EXPIRY_ACTOR = "system:authorization-expiry"
+
+
+# -- who is asking ------------------------------------------------------------------------
+def actor_label(user) -> str:
+    """How a caller appears in the audit trail (BookingStatusChange.actor)."""
+    if is_wallet(user):
+        return f"wallet:{user.address}"
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"staff:{user.get_username()}"
+    return ""
+
+
+def bookings_visible_to(user) -> QuerySet[Booking]:
+    """Staff see every booking; a wallet sees those where it is the customer or the provider."""
+    if is_staff_user(user):
+        return Booking.objects.all()
+    if is_wallet(user):
+        return Booking.objects.filter(Q(customer_address=user.address) | Q(provider_address=user.address))
+    return Booking.objects.none()
+
+
+def role_of(booking: Booking, user) -> str | None:
+    """customer / provider / staff, or None for anyone else."""
+    if is_wallet(user):
+        if user.address == booking.customer_address:
+            return CUSTOMER
+        if user.address == booking.provider_address:
+            return PROVIDER
+        return None
+    return STAFF if is_staff_user(user) else None
+
+
+def require_role(booking: Booking, user, allowed: set[str], action: str) -> str:
+    role = role_of(booking, user)
+    if role not in allowed:
+        who = " or ".join(sorted(allowed))
+        raise NotPermitted(f"Only the booking's {who} can {action}.")
+    return role
+
+
+# -- creating -----------------------------------------------------------------------------
+def default_fee_rates(has_inviter: bool) -> tuple[int, int]:
+    """(platform, inviter) basis points: DESIGN.md defaults, configurable in settings."""
+    if has_inviter:
+        return settings.DEFAULT_INVITED_PLATFORM_FEE_RATE, settings.DEFAULT_INVITER_FEE_RATE
+    return settings.DEFAULT_PLATFORM_FEE_RATE, 0
+
+
+def create_booking(
+    *,
+    customer: str,
+    provider: str,
+    amount: int | str,
+    scheduled_at: datetime,
+    inviter: str | None = None,
+    description: str = "",
+    platform_fee_rate: int | None = None,
+    inviter_fee_rate: int | None = None,
+    source: str = StatusSource.API,
+    actor: str = "",
+    now: datetime | None = None,
+) -> Booking:
+    """Validate and create a PENDING_PAYMENT booking (with its first audit row).
+
+    Rates default to `default_fee_rates`; explicit rates (staff/shell use; the public API does
+    not accept them) must respect the contract's caps and the no-inviter rule.
+    """
+    now = now or timezone.now()
+    customer = normalize_address(customer, field="customer")
+    provider = normalize_address(provider, field="provider")
+    inviter = normalize_address(inviter, field="inviter") if inviter else ""
+    if provider == customer:
+        raise InvalidInput("provider", "must be a different address from the customer")
+    if inviter and inviter in (customer, provider):
+        raise InvalidInput("inviter", "must be a different address from the customer and the provider")
+    try:
+        amount = parse_amount(amount)
+    except AmountError as exc:
+        raise InvalidInput("amount", str(exc)) from None
+    if not isinstance(scheduled_at, datetime) or timezone.is_naive(scheduled_at):
+        raise InvalidInput("scheduled_at", "must be a date-time with a time zone")
+    if scheduled_at <= now:
+        raise InvalidInput("scheduled_at", "must be in the future")
+    if len(description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidInput("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
+    default_platform, default_inviter = default_fee_rates(bool(inviter))
+    platform_fee_rate = default_platform if platform_fee_rate is None else platform_fee_rate
+    inviter_fee_rate = default_inviter if inviter_fee_rate is None else inviter_fee_rate
+    check_fee_rates(platform_fee_rate, inviter_fee_rate, has_inviter=bool(inviter))
+    with transaction.atomic():
+        booking = Booking.objects.create(
+            customer_address=customer,
+            provider_address=provider,
+            inviter_address=inviter,
+            amount=amount,
+            platform_fee_rate=platform_fee_rate,
+            inviter_fee_rate=inviter_fee_rate,
+            scheduled_at=scheduled_at,
+            description=description,
+        )
+        record_creation(booking, source=source, actor=actor)
+    return booking
+
+
+# -- authorizations -----------------------------------------------------------------------
+def issue_payment_authorization(booking: Booking, *, actor: str = "", now: datetime | None = None) -> SignedAuthorization:
+    """Sign a fresh BookingAuthorization (new nonce, new expiry; nothing earlier is re-served).
+
+    Only while the booking awaits payment (PENDING_PAYMENT, or EXPIRED which goes back to
+    PENDING_PAYMENT) and its scheduled time is still ahead; otherwise BookingConflict.
+    Several live payment authorizations for one booking are harmless: the contract accepts
+    one payment per booking id (BookingAlreadyExists).
+    """
+    now = now or timezone.now()
+    if booking.status not in (S.PENDING_PAYMENT, S.EXPIRED):
+        raise BookingConflict(
+            f"The booking is {booking.status}; payment can only be authorized while it is PENDING_PAYMENT.",
+            booking=booking,
+        )
+    if booking.scheduled_at <= now:
+        raise BookingConflict("The booking's scheduled time has passed; it can no longer be paid.", booking=booking)
+    if booking.status == S.EXPIRED:
+        with transaction.atomic():
+            locked = Booking.objects.select_for_update().get(pk=booking.pk)
+            transition(locked, S.PENDING_PAYMENT, source=StatusSource.API, actor=actor, note="payment authorized again")
+        booking = locked
+    return sign_payment_authorization(booking, now=now)
+
+
+def request_cancellation(
+    booking: Booking, *, requested_by: str, reason: str, actor: str = "", now: datetime | None = None
+) -> tuple[SignedAuthorization, CancellationTerms]:
+    """Move a paid booking to PENDING_CANCELLATION and sign the CancellationAuthorization that
+    pays out the policy's split (escrow.cancellation). `requested_by` is "customer" or "provider".
+
+    While an earlier cancellation authorization is still live, a new one is refused
+    (BookingConflict): the first must expire before terms are signed again. The status the
+    booking had before is remembered in `status_before_cancellation`.
+    """
+    now = now or timezone.now()
+    reason = reason.strip()
+    if not reason:
+        raise InvalidInput("reason", "must not be blank")
+    if len(reason) > MAX_REASON_LENGTH:
+        raise InvalidInput("reason", f"must be at most {MAX_REASON_LENGTH} characters")
+    with transaction.atomic():
+        booking = Booking.objects.select_for_update().get(pk=booking.pk)
+        if booking.status == S.PENDING_CANCELLATION:
+            live = (
+                booking.signatures.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=now, consumed_at__isnull=True)
+                .order_by("-expires_at")
+                .first()
+            )
+            if live is not None:
+                raise BookingConflict(
+                    f"A cancellation authorization is already outstanding until {live.expires_at.isoformat()}.",
+                    booking=booking,
+                )
+            booking.cancellation_reason = reason
+            booking.save(update_fields=["cancellation_reason", "updated_at"])
+        else:
+            previous_status = booking.status
+            booking.status_before_cancellation = previous_status
+            booking.cancellation_reason = reason
+            # Raises IllegalTransition unless the booking is PAID or PENDING_COMPLETION.
+            transition(
+                booking,
+                S.PENDING_CANCELLATION,
+                source=StatusSource.API,
+                actor=actor,
+                note=f"cancellation requested by the {requested_by}",
+                update_fields=("status_before_cancellation", "cancellation_reason"),
+            )
+        terms = cancellation_terms(booking, requested_by=requested_by, now=now)
+        signed = sign_cancellation_authorization(booking, terms.split, reason, now=now)
+    return signed, terms
+
+
+# -- transactions the client reports ------------------------------------------------------
+SUBMISSION_STATUSES = ("pending", "reverted", "mined")
+
+
+@dataclass(frozen=True)
+class TransactionSubmission:
+    status: str  # one of SUBMISSION_STATUSES: not mined yet, mined but reverted, mined
+    tx_hash: str
+    block_number: int | None = None
+    events: tuple[str, ...] = ()
+
+
+# Which booking field records the transaction that emitted each escrow event.
+TX_HASH_FIELD_FOR_EVENT = {
+    "BookingCreatedAndPaid": "payment_tx_hash",
+    "ServiceCompleted": "completion_tx_hash",
+    "BookingCancelled": "cancellation_tx_hash",
+}
+_EVENT_FOR_TOPIC = {EVENT_TOPICS[name]: name for name in TX_HASH_FIELD_FOR_EVENT}
+
+
+def normalize_tx_hash(tx_hash) -> str:
+    if not isinstance(tx_hash, str) or not TX_HASH_PATTERN.fullmatch(tx_hash):
+        raise InvalidInput("tx_hash", "must be 0x followed by 64 hex digits")
+    return tx_hash.lower()
+
+
+def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> TransactionSubmission:
+    """A client reports the transaction it sent for `booking`, so we need not wait for the scanner.
+
+    Today this:
+      1. fetches the receipt (`eth_getTransactionReceipt` via chain_events.rpc.get_rpc_client);
+         not mined yet → status "pending";
+      2. refuses (InvalidInput on tx_hash) a transaction that neither called the escrow
+         contract nor emitted an escrow log; a reverted call → status "reverted", nothing recorded;
+      3. refuses a mined transaction with no escrow event for this booking's id;
+      4. records the hash on the booking (payment/completion/cancellation_tx_hash by event).
+
+    Status changes are the chain handlers' job: chain sync extends this function at step 4
+    to run its handlers on the receipt's logs (idempotent with the scanner). RPC failures
+    propagate as chain_events.rpc.RpcError (the API answers 503).
+    """
+    from chain_events.rpc import get_rpc_client
+
+    tx_hash = normalize_tx_hash(tx_hash)
+    receipt = get_rpc_client().call("eth_getTransactionReceipt", [tx_hash])
+    if receipt is None:
+        return TransactionSubmission(status="pending", tx_hash=tx_hash)
+    escrow = settings.ESCROW_CONTRACT_ADDRESS.lower()
+    escrow_logs = [entry for entry in receipt.get("logs") or [] if (entry.get("address") or "").lower() == escrow]
+    if (receipt.get("to") or "").lower() != escrow and not escrow_logs:
+        raise InvalidInput("tx_hash", "the transaction did not touch the escrow contract")
+    block_number = int(receipt["blockNumber"], 16)
+    if int(receipt.get("status") or "0x0", 16) == 0:
+        return TransactionSubmission(status="reverted", tx_hash=tx_hash, block_number=block_number)
+    events = []
+    for entry in escrow_logs:
+        topics = [t.lower() for t in entry.get("topics") or []]
+        name = _EVENT_FOR_TOPIC.get(topics[0]) if topics else None
+        if name and len(topics) > 1 and topics[1] == booking.chain_booking_id:
+            events.append(name)
+    if not events:
+        raise InvalidInput("tx_hash", "the transaction has no escrow event for this booking")
+    changes = {TX_HASH_FIELD_FOR_EVENT[name]: tx_hash for name in events}
+    # A targeted UPDATE: never overwrites a status another process changed meanwhile.
+    Booking.objects.filter(pk=booking.pk).update(**changes, updated_at=timezone.now())
+    for name, value in changes.items():
+        setattr(booking, name, value)
+    log.info("booking %s: %s reported tx %s (%s)", booking.uuid, actor or "someone", tx_hash, ", ".join(events))
+    return TransactionSubmission(status="mined", tx_hash=tx_hash, block_number=block_number, events=tuple(events))
+
+
+# -- housekeeping (for chain sync, reconciliation and beat) -------------------------------
+def mark_nonce_consumed(nonce: int, *, tx_hash: str, consumed_at: datetime) -> bool:
+    """Record that the chain used `nonce` (an authorization was executed). Idempotent; False if unknown."""
+    updated = SignatureNonce.objects.filter(nonce=nonce, consumed_at__isnull=True).update(
+        consumed_at=consumed_at, consumed_tx_hash=tx_hash.lower()
+    )
+    return bool(updated) or SignatureNonce.objects.filter(nonce=nonce).exists()
+
+
+def expire_unused_authorizations(*, now: datetime | None = None) -> dict[str, int]:
+    """Put bookings whose signed authorizations all ran out back where they belong.
+
+    * PENDING_PAYMENT → EXPIRED when it was authorized but every payment authorization expired
+      (plus AUTHORIZATION_EXPIRY_GRACE_SECONDS), or when its scheduled time passed unpaid.
+    * PENDING_CANCELLATION → status_before_cancellation (PAID if unknown) when every
+      cancellation authorization expired (plus the grace).
+    The chain still wins: a payment or cancellation mined before the expiry moves the booking
+    on when the scanner sees it (chain-sourced transitions always apply).
+    """
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS)
+    counts = {"expired": 0, "cancellation_lapsed": 0}
+
+    def live(kind):
+        return SignatureNonce.objects.filter(booking=OuterRef("pk"), kind=kind, expires_at__gt=cutoff)
+
+    unpaid = Booking.objects.filter(status=S.PENDING_PAYMENT).filter(
+        ~Exists(live(SignatureKind.PAYMENT)),
+        Q(Exists(SignatureNonce.objects.filter(booking=OuterRef("pk"), kind=SignatureKind.PAYMENT)))
+        | Q(scheduled_at__lte=now),
+    )
+    for booking_id in unpaid.values_list("pk", flat=True):
+        with transaction.atomic():
+            booking = Booking.objects.select_for_update().get(pk=booking_id)
+            still_live = booking.signatures.filter(kind=SignatureKind.PAYMENT, expires_at__gt=cutoff).exists()
+            if booking.status == S.PENDING_PAYMENT and not still_live:
+                transition(booking, S.EXPIRED, source=StatusSource.API, actor=SYSTEM_EXPIRY_ACTOR,
+                           note="no payment before the authorization expired")
+                counts["expired"] += 1
+
+    lapsed = Booking.objects.filter(status=S.PENDING_CANCELLATION).filter(~Exists(live(SignatureKind.CANCELLATION)))
+    for booking_id in lapsed.values_list("pk", flat=True):
+        with transaction.atomic():
+            booking = Booking.objects.select_for_update().get(pk=booking_id)
+            still_live = booking.signatures.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=cutoff).exists()
+            if booking.status == S.PENDING_CANCELLATION and not still_live:
+                back_to = booking.status_before_cancellation or S.PAID
+                booking.status_before_cancellation = ""
+                transition(booking, back_to, source=StatusSource.API, actor=SYSTEM_EXPIRY_ACTOR,
+                           note="cancellation authorization expired unused",
+                           update_fields=("status_before_cancellation",))
+                counts["cancellation_lapsed"] += 1
+    return counts
