@@ -61,13 +61,13 @@ class SyncStateCollector:
     def collect(self):
         from django.db.models import Count
 
-        from .models import ChainEvent, Orphan, OrphanStatus, SyncCursor
-
         lag = GaugeMetricFamily("bookme_chain_cursor_lag_blocks", "Head minus cursor at the last scan", labels=["chain", "contract"])
         halted = GaugeMetricFamily("bookme_chain_scanner_halted", "1 when a deep reorg halted the scanner", labels=["chain", "contract"])
         waiting = GaugeMetricFamily("bookme_chain_events_waiting", "Events not settled, by status", labels=["status"])
         orphans = GaugeMetricFamily("bookme_chain_orphans_open", "Orphans waiting for staff or reconciliation")
         try:
+            from .models import ChainEvent, Orphan, OrphanStatus, SyncCursor
+
             for cursor in SyncCursor.objects.all():
                 labels = [str(cursor.chain_id), cursor.contract_address]
                 lag.add_metric(labels, cursor.lag_blocks or 0)
