@@ -8,8 +8,10 @@ session) can read every booking and act on none (they work in the admin). Anyone
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 
 from django.conf import settings
+from django.db.models import prefetch_related_objects
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.authentication import SessionAuthentication
@@ -21,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from .authentication import WalletTokenAuthentication, is_wallet
+from .authentication import NOT_LOADED, WalletTokenAuthentication, booking_loaded_with_token, is_wallet
 from .cancellation import CUSTOMER, PROVIDER
 from .models import Booking
 from .permissions import IsWallet, IsWalletOrStaff
@@ -38,6 +40,7 @@ from .serializers import (
     TransactionSubmitSerializer,
     WalletSessionSerializer,
     WalletTokenSerializer,
+    payment_authorization_body,
 )
 from .services import (
     actor_label,
@@ -70,7 +73,10 @@ class EmptyBodySerializer(StrictSerializer):
 
 
 def _check_empty_body(request) -> None:
-    EmptyBodySerializer(data=request.data).is_valid(raise_exception=True)
+    data = request.data
+    if isinstance(data, Mapping) and not data:
+        return  # the usual case (no body, or {}): nothing the serializer could refuse
+    EmptyBodySerializer(data=data).is_valid(raise_exception=True)
 
 
 class BookingPagination(PageNumberPagination):
@@ -83,6 +89,8 @@ class BookingPagination(PageNumberPagination):
 )
 class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
     authentication_classes = API_AUTHENTICATION
+    # On a booking's URL the wallet token and the booking come from one query (see WalletTokenAuthentication).
+    load_booking_with_wallet_token = True
     permission_classes = [IsWalletOrStaff]
     serializer_class = BookingSerializer
     pagination_class = BookingPagination
@@ -101,10 +109,17 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
             booking_uuid = uuid.UUID(self.kwargs["booking_id"])
         except ValueError:
             raise NotFound("No booking with this id: booking ids are UUIDs.") from None
-        try:
-            return self.get_queryset().get(uuid=booking_uuid)
-        except Booking.DoesNotExist:
-            raise NotFound("No booking with this id is visible to you.") from None
+        booking = booking_loaded_with_token(self.request, booking_uuid)
+        if booking is NOT_LOADED:
+            try:
+                return self.get_queryset().get(uuid=booking_uuid)
+            except Booking.DoesNotExist:
+                booking = None
+        if booking is None:
+            raise NotFound("No booking with this id is visible to you.")
+        if self.action == "retrieve":
+            prefetch_related_objects([booking], "status_changes")
+        return booking
 
     @extend_schema(
         summary="Book a provider; the signed-in wallet is the customer",
@@ -141,7 +156,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         require_role(booking, request.user, {CUSTOMER}, "authorize its payment")
         _check_empty_body(request)
         signed = issue_payment_authorization(booking, actor=actor_label(request.user))
-        return Response(PaymentAuthorizationSerializer(signed).data)
+        return Response(payment_authorization_body(signed))
 
     @extend_schema(
         summary="Request cancellation: sign a CancellationAuthorization for cancelBooking (customer or provider)",

@@ -41,10 +41,14 @@ def parse_amount(value) -> int:
             raise AmountError("is not a decimal number") from None
         if not number.is_finite() or "e" in text.lower() or text.startswith("+"):
             raise AmountError("must be written as plain digits with an optional decimal point")
-        exponent = number.as_tuple().exponent
+        sign, digits, exponent = number.as_tuple()
         if exponent < -USDC_DECIMALS:
             raise AmountError(f"has more than {USDC_DECIMALS} decimal places")
-        base_units = int(number * UNIT)
+        # Integer arithmetic on the digits: Decimal multiplication would round to the context's
+        # 28 significant digits and silently change amounts above 10^22 USDC.
+        base_units = int("".join(map(str, digits))) * 10 ** (exponent + USDC_DECIMALS)
+        if sign:
+            base_units = -base_units
     else:
         raise AmountError("must be a decimal string like \"100.50\" or an integer number of base units")
     if base_units < 0:

@@ -1,0 +1,75 @@
+"""DRF throttling of the authorization endpoints (per wallet) and of sign-in (per IP), kept in
+Redis (the default cache) so every gunicorn worker shares one budget."""
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
+from rest_framework.test import APIClient
+
+from escrow.models import BookingStatus, SignatureNonce, StatusSource
+from escrow.state import transition
+
+from .helpers import wallet, wallet_client
+
+pytestmark = pytest.mark.django_db
+
+
+def _authorize(client, booking):
+    return client.post(f"/api/bookings/{booking.uuid}/authorize-payment/", format="json")
+
+
+def test_the_eleventh_authorization_in_a_minute_is_429_with_retry_after(clients, customer, provider, make_booking):
+    booking = make_booking(customer, provider)
+    for _ in range(10):
+        assert _authorize(clients["customer"], booking).status_code == 200
+    response = _authorize(clients["customer"], booking)
+    assert response.status_code == 429
+    assert 0 < int(response["Retry-After"]) <= 60
+    assert "throttled" in response.json()["detail"].lower()
+    assert SignatureNonce.objects.count() == 10  # nothing signed for the refused request
+
+
+def test_the_budget_is_per_wallet_and_shared_by_both_authorization_endpoints(clients, customer, provider, make_booking, settings):
+    settings.AUTHORIZATION_THROTTLE_RATE = "2/minute"
+    unpaid = make_booking(customer, provider)
+    paid = make_booking(customer, provider)
+    transition(paid, BookingStatus.PAID, source=StatusSource.CHAIN)
+    assert _authorize(clients["customer"], unpaid).status_code == 200
+    cancel = clients["customer"].post(f"/api/bookings/{paid.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    assert cancel.status_code == 200
+    assert _authorize(clients["customer"], unpaid).status_code == 429
+    # A second token of the same wallet shares the wallet's budget.
+    assert _authorize(wallet_client(customer), unpaid).status_code == 429
+    # Another wallet has its own budget.
+    other = wallet("other-customer")
+    assert _authorize(wallet_client(other), make_booking(other, provider)).status_code == 200
+
+
+def test_the_rate_is_a_setting(clients, customer, provider, make_booking, settings):
+    settings.AUTHORIZATION_THROTTLE_RATE = "3/minute"
+    booking = make_booking(customer, provider)
+    assert [_authorize(clients["customer"], booking).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_the_request_history_lives_in_redis(clients, customer, provider, make_booking):
+    assert isinstance(caches["default"], RedisCache)
+    booking = make_booking(customer, provider)
+    _authorize(clients["customer"], booking)
+    redis = cache._cache.get_client(write=False)
+    keys = [k.decode() for k in redis.keys("*throttle_authorization_wallet:*")]
+    assert keys == [f"{cache.key_prefix}:1:throttle_authorization_wallet:{customer.address.lower()}"]
+    # Clearing Redis (not the process) resets the budget: no per-process state.
+    cache.clear()
+    for _ in range(10):
+        assert _authorize(clients["customer"], booking).status_code == 200
+
+
+def test_sign_in_is_throttled_per_client_ip(db, settings):
+    settings.SIWE_THROTTLE_RATE = "2/minute"
+    client = APIClient()
+    codes = [client.post("/api/auth/nonce/", format="json").status_code for _ in range(3)]
+    assert codes == [201, 201, 429]
+    assert client.post("/api/auth/verify/", {}, format="json").status_code == 429
+    other_ip = APIClient(REMOTE_ADDR="10.0.0.7")
+    assert other_ip.post("/api/auth/nonce/", format="json").status_code == 201
