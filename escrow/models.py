@@ -37,26 +37,26 @@ class Booking(models.Model):
     chain_booking_id = models.CharField(max_length=66, unique=True, editable=False)
     customer_address = models.CharField(max_length=42, db_index=True)
     provider_address = models.CharField(max_length=42, db_index=True)
-    inviter_address = models.CharField(max_length=42, blank=True, default="", db_index=True)
+    inviter_address = models.CharField(max_length=42, blank=True, default="")
     amount = Uint256Field(help_text="USDC base units (6 decimals)")
     platform_fee_rate = models.PositiveIntegerField(help_text="basis points")
     inviter_fee_rate = models.PositiveIntegerField(default=0, help_text="basis points")
     scheduled_at = models.DateTimeField()
     description = models.CharField(max_length=500, blank=True, default="")
     status = models.CharField(
-        max_length=32, choices=BookingStatus.choices, default=BookingStatus.PENDING_PAYMENT, db_index=True
+        max_length=32, choices=BookingStatus.choices, default=BookingStatus.PENDING_PAYMENT
     )
     # Where a booking in PENDING_CANCELLATION returns to if its cancellation authorization expires unused.
     status_before_cancellation = models.CharField(max_length=32, choices=BookingStatus.choices, blank=True, default="")
     cancellation_reason = models.CharField(max_length=500, blank=True, default="")
-    payment_tx_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
-    completion_tx_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
-    cancellation_tx_hash = models.CharField(max_length=66, blank=True, default="", db_index=True)
+    payment_tx_hash = models.CharField(max_length=66, blank=True, default="")
+    completion_tx_hash = models.CharField(max_length=66, blank=True, default="")
+    cancellation_tx_hash = models.CharField(max_length=66, blank=True, default="")
     chain_confirmed_at = models.DateTimeField(null=True, blank=True)
     chain_data = models.JSONField(default=dict, blank=True, help_text="raw decoded chain data of the latest event")
     # Set when the chain disagrees with what the database expected (e.g. amount mismatch);
     # staff resolve it in the admin. The chain's state still applies (the chain is the truth for money).
-    needs_attention = models.BooleanField(default=False, db_index=True)
+    needs_attention = models.BooleanField(default=False)
     attention_reason = models.TextField(blank=True, default="")
     status_changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -64,7 +64,14 @@ class Booking(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "scheduled_at"])]
+        # Few indexes on purpose: the chain sync updates bookings in bulk (status, tx hash,
+        # status_changed_at, needs_attention change together, so every index takes a new entry
+        # per update). Status filters use the (status, scheduled_at) index; tx-hash and inviter
+        # lookups are staff searches (case-insensitive, which a plain index cannot serve anyway).
+        indexes = [
+            models.Index(fields=["status", "scheduled_at"]),
+            models.Index(fields=["needs_attention"], condition=models.Q(needs_attention=True), name="booking_needs_attention"),
+        ]
 
     def save(self, *args, **kwargs):
         if not self.chain_booking_id:

@@ -16,8 +16,6 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
-from contracts.artifacts import EVENT_TOPICS
-
 from .addresses import normalize_address
 from .authentication import is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
@@ -224,15 +222,7 @@ class TransactionSubmission:
     tx_hash: str
     block_number: int | None = None
     events: tuple[str, ...] = ()
-
-
-# Which booking field records the transaction that emitted each escrow event.
-TX_HASH_FIELD_FOR_EVENT = {
-    "BookingCreatedAndPaid": "payment_tx_hash",
-    "ServiceCompleted": "completion_tx_hash",
-    "BookingCancelled": "cancellation_tx_hash",
-}
-_EVENT_FOR_TOPIC = {EVENT_TOPICS[name]: name for name in TX_HASH_FIELD_FOR_EVENT}
+    booking_status: str | None = None  # the booking's status after the submission was handled
 
 
 def normalize_tx_hash(tx_hash) -> str:
@@ -244,46 +234,40 @@ def normalize_tx_hash(tx_hash) -> str:
 def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> TransactionSubmission:
     """A client reports the transaction it sent for `booking`, so we need not wait for the scanner.
 
-    Today this:
-      1. fetches the receipt (`eth_getTransactionReceipt` via chain_events.rpc.get_rpc_client);
-         not mined yet → status "pending";
+      1. fetches the receipt at once (chain_events.fastpath); not mined yet → status "pending";
       2. refuses (InvalidInput on tx_hash) a transaction that neither called the escrow
          contract nor emitted an escrow log; a reverted call → status "reverted", nothing recorded;
       3. refuses a mined transaction with no escrow event for this booking's id;
-      4. records the hash on the booking (payment/completion/cancellation_tx_hash by event).
+      4. stores the receipt's escrow events and applies them with the chain handlers, the same
+         path as the scanner (idempotent with it), and answers with the booking's status after.
 
-    Status changes are the chain handlers' job: chain sync extends this function at step 4
-    to run its handlers on the receipt's logs (idempotent with the scanner). RPC failures
-    propagate as chain_events.rpc.RpcError (the API answers 503).
+    Mined but not yet CHAIN_CONFIRMATIONS deep → "pending" (the scanner applies it later).
+    RPC failures propagate as chain_events.rpc.RpcError (the API answers 503).
     """
-    from chain_events.rpc import get_rpc_client
+    from chain_events.fastpath import process_transaction
 
     tx_hash = normalize_tx_hash(tx_hash)
-    receipt = get_rpc_client().call("eth_getTransactionReceipt", [tx_hash])
-    if receipt is None:
-        return TransactionSubmission(status="pending", tx_hash=tx_hash)
-    escrow = settings.ESCROW_CONTRACT_ADDRESS.lower()
-    escrow_logs = [entry for entry in receipt.get("logs") or [] if (entry.get("address") or "").lower() == escrow]
-    if (receipt.get("to") or "").lower() != escrow and not escrow_logs:
+    outcome = process_transaction(tx_hash, actor=actor or "")
+    if not outcome.mined:
+        return TransactionSubmission(status="pending", tx_hash=tx_hash, booking_status=booking.status)
+    if not outcome.touched_escrow:
         raise InvalidInput("tx_hash", "the transaction did not touch the escrow contract")
-    block_number = int(receipt["blockNumber"], 16)
-    if int(receipt.get("status") or "0x0", 16) == 0:
-        return TransactionSubmission(status="reverted", tx_hash=tx_hash, block_number=block_number)
-    events = []
-    for entry in escrow_logs:
-        topics = [t.lower() for t in entry.get("topics") or []]
-        name = _EVENT_FOR_TOPIC.get(topics[0]) if topics else None
-        if name and len(topics) > 1 and topics[1] == booking.chain_booking_id:
-            events.append(name)
+    if outcome.reverted:
+        return TransactionSubmission(
+            status="reverted", tx_hash=tx_hash, block_number=outcome.block_number, booking_status=booking.status
+        )
+    events = tuple(e.event_name for e in outcome.events if e.chain_booking_id == booking.chain_booking_id)
     if not events:
         raise InvalidInput("tx_hash", "the transaction has no escrow event for this booking")
-    changes = {TX_HASH_FIELD_FOR_EVENT[name]: tx_hash for name in events}
-    # A targeted UPDATE: never overwrites a status another process changed meanwhile.
-    Booking.objects.filter(pk=booking.pk).update(**changes, updated_at=timezone.now())
-    for name, value in changes.items():
-        setattr(booking, name, value)
+    booking.refresh_from_db()
     log.info("booking %s: %s reported tx %s (%s)", booking.uuid, actor or "someone", tx_hash, ", ".join(events))
-    return TransactionSubmission(status="mined", tx_hash=tx_hash, block_number=block_number, events=tuple(events))
+    return TransactionSubmission(
+        status="pending" if outcome.awaiting_confirmations else "mined",
+        tx_hash=tx_hash,
+        block_number=outcome.block_number,
+        events=events,
+        booking_status=booking.status,
+    )
 
 
 # -- housekeeping (for chain sync, reconciliation and beat) -------------------------------

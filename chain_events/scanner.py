@@ -1,0 +1,779 @@
+"""The block-range log scanner: keeps the event store and the bookings in step with the chain.
+
+Public API (stable: tasks, commands, the fast path, reconciliation and benchmarks call these)
+
+    scan_chain(*, client=None, max_seconds=None, follow_seconds=0.0, lock_wait_seconds=0.0,
+               actor="scanner") -> ScanReport
+        Single-flight (a PostgreSQL advisory lock per chain + contract; a second caller waits
+        up to lock_wait_seconds for it, then gets ScanReport(skipped=True)). Ingests from the cursor up to
+        head - CHAIN_CONFIRMATIONS range by range, detects reorgs and rolls them back, then
+        keeps polling the head for `follow_seconds` (0: one pass).
+    apply_logs(raw_logs, *, source="reconciliation", actor="", status_source=None) -> LogsOutcome
+        Raw eth_getLogs/receipt logs (any contract; only ours are kept) → stored once and every
+        booking they touch re-derived and applied, in one transaction. No cursor change.
+        Reconciliation passes logs it fetched with a bookingId topic filter.
+    replay_range(from_block, to_block=None, *, client=None, actor="replay") -> ReplayReport
+        Re-fetch and re-apply a block range (idempotent); the cursor is not moved.
+    retry_failed_events(*, now=None, limit=500, actor="retry") -> RetryReport
+        Re-apply FAILED events whose backoff is due and RETRY events (staff asked).
+    get_cursor() -> SyncCursor          the configured chain + contract's cursor (created if new)
+    rewind_cursor(block, *, reason) -> SyncCursor
+        Staff: move the cursor back (clears a halt after a reorg deeper than the window).
+
+How a range is applied (`_ingest`): eth_getLogs for the range together with the header of its
+last block in ONE batch (chain_events.rpc.get_logs_checked), decode with eth_abi, then in
+ONE database transaction: insert the rows (bulk, ON CONFLICT on the log key), mark REMOVED
+the rows stored ahead of the scanner (fast path) whose block left the chain, fold and apply
+every touched booking (chain_events.handlers.apply_events: a few set-based statements for
+the whole range), store the block hashes of the unfinalized part, and move the cursor. A
+crash anywhere before the commit leaves nothing behind; the rescan applies it once.
+
+Reorgs: the cursor remembers its block's hash and the hashes of the unfinalized window
+(BlockHash). When the canonical header at the cursor differs (or a new range's first block
+does not chain onto it) the scanner finds the highest stored block whose hash is still
+canonical, marks every event above it REMOVED, re-derives the affected bookings from their
+remaining events, moves the cursor back there and rescans. A reorg deeper than the window
+halts the cursor for staff (an alert, never a silent rewrite).
+
+Finality: a block is final at or below min(node's `finalized` tag, head - REORG_WINDOW) —
+the stricter of the two, so a dev node that calls its head "finalized" still gets a window.
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from eth_hash.auto import keccak
+
+from . import handlers, metrics, store
+from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, LogDecodeError, decode_log
+from .models import BlockHash, ChainEvent, EventSource, EventStatus, SyncCursor
+from .rpc import (
+    BlockHeader,
+    LogRangeTooLarge,
+    RpcClient,
+    RpcInconsistentAnswer,
+    RpcUnavailable,
+    get_chain_tip,
+    get_headers,
+    get_logs_checked,
+    get_rpc_client,
+)
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "ScanReport", "LogsOutcome", "ReplayReport", "RetryReport",
+    "scan_chain", "apply_logs", "replay_range", "retry_failed_events", "get_cursor", "rewind_cursor",
+]
+
+
+# -- reports --------------------------------------------------------------------------------
+@dataclass
+class ScanReport:
+    skipped: bool = False  # another scan held the lock
+    halted: bool = False  # the cursor is halted (deep reorg): staff must rewind it
+    head: int | None = None
+    cursor: int | None = None
+    ranges: int = 0
+    logs: int = 0  # our contract's booking events seen
+    inserted: int = 0  # rows this scan stored (or revived)
+    bookings: int = 0  # bookings applied
+    orphans: int = 0
+    failed_events: int = 0
+    dead_letters: int = 0
+    removed: int = 0  # events marked REMOVED (reorgs, stale fast-path rows)
+    reorgs: list[int] = field(default_factory=list)  # depth of each rolled back reorg
+    range_shrinks: int = 0
+    # Smallest range refused in this run: ranges grow back only below it (no refuse/grow flapping).
+    range_ceiling: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LogsOutcome:
+    logs: int = 0
+    inserted: int = 0
+    removed: int = 0
+    bookings: int = 0
+    orphans: int = 0
+    failed_events: int = 0
+    dead_letters: int = 0
+    booking_ids: list[str] = field(default_factory=list)
+
+    def add(self, apply: handlers.ApplyOutcome | None) -> None:
+        if apply is not None:
+            self.bookings += apply.bookings
+            self.orphans += apply.orphans
+            self.failed_events += apply.failed_events
+            self.dead_letters += apply.dead_letters
+
+
+@dataclass
+class ReplayReport:
+    from_block: int
+    to_block: int
+    ranges: int = 0
+    logs: int = 0
+    inserted: int = 0
+    removed: int = 0
+    bookings: int = 0
+    orphans: int = 0
+    failed_events: int = 0
+
+
+@dataclass
+class RetryReport:
+    attempted: int = 0  # events retried
+    processed: int = 0
+    failed: int = 0
+    dead_letters: int = 0
+
+
+# -- configuration ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    chain_id: int
+    contract: str  # lower-case hex
+
+    @property
+    def lock_key(self) -> int:
+        digest = keccak(f"bookme-scan:{self.chain_id}:{self.contract}".encode())
+        return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def _target() -> _Target:
+    return _Target(settings.CHAIN_ID, settings.ESCROW_CONTRACT_ADDRESS.lower())
+
+
+def get_cursor(target: _Target | None = None) -> SyncCursor:
+    target = target or _target()
+    cursor, _ = SyncCursor.objects.get_or_create(
+        chain_id=target.chain_id,
+        contract_address=target.contract,
+        defaults={"last_block": settings.CHAIN_START_BLOCK - 1, "range_size": settings.CHAIN_LOG_RANGE_INITIAL},
+    )
+    return cursor
+
+
+def rewind_cursor(block: int, *, reason: str = "") -> SyncCursor:
+    """Move the cursor back to `block` (the next scan re-reads everything after it) and un-halt it.
+
+    Rows stored for the rescanned blocks that the chain no longer has are marked REMOVED by
+    the rescan (see `_ingest`), and their bookings re-derived.
+    """
+    target = _target()
+    with transaction.atomic():
+        cursor = get_cursor(target)
+        cursor = SyncCursor.objects.select_for_update().get(pk=cursor.pk)
+        block = max(block, settings.CHAIN_START_BLOCK - 1)
+        held = BlockHash.objects.filter(cursor=cursor, number=block).values_list("hash", flat=True).first()
+        BlockHash.objects.filter(cursor=cursor, number__gt=block).delete()
+        cursor.last_block = block
+        cursor.last_block_hash = held or ""
+        cursor.halted = False
+        cursor.halt_reason = ""
+        cursor.halted_at = None
+        cursor.save()
+    log.warning("sync cursor rewound to block %s: %s", block, reason or "-")
+    return cursor
+
+
+@contextmanager
+def scan_lock(target: _Target, wait_seconds: float = 0.0):
+    """Single-flight: a session-level PostgreSQL advisory lock (freed by the server if the
+    worker dies, so a crashed scan never leaves a stale lock behind). With `wait_seconds` the
+    caller polls for the lock that long before giving up: a beat's scan that arrives while the
+    previous one is still following the head takes over when it ends, leaving no gap."""
+    give_up_at = time.monotonic() + wait_seconds
+    while True:
+        with connection.cursor() as c:
+            c.execute("SELECT pg_try_advisory_lock(%s)", [target.lock_key])
+            acquired = c.fetchone()[0]
+        if acquired or time.monotonic() + settings.CHAIN_SCAN_POLL_SECONDS > give_up_at:
+            break
+        time.sleep(settings.CHAIN_SCAN_POLL_SECONDS)
+    try:
+        yield acquired
+    finally:
+        if acquired:
+            with connection.cursor() as c:
+                c.execute("SELECT pg_advisory_unlock(%s)", [target.lock_key])
+
+
+# -- the scan loop ---------------------------------------------------------------------------
+class _ReorgDetected(Exception):
+    pass
+
+
+def scan_chain(
+    *, client: RpcClient | None = None, max_seconds: float | None = None, follow_seconds: float = 0.0,
+    lock_wait_seconds: float = 0.0, actor: str = "scanner",
+) -> ScanReport:
+    client = client or get_rpc_client()
+    target = _target()
+    max_seconds = settings.CHAIN_SCAN_MAX_SECONDS if max_seconds is None else max_seconds
+    with scan_lock(target, lock_wait_seconds) as acquired:
+        if not acquired:
+            metrics.SCANS_SKIPPED.inc()
+            return ScanReport(skipped=True)
+        report = ScanReport()
+        started = time.monotonic()
+        deadline = started + max_seconds
+        follow_until = None
+        while True:
+            caught_up = _scan_pass(client, target, report, deadline, actor)
+            if report.halted or not caught_up or follow_seconds <= 0:
+                break
+            now = time.monotonic()
+            if follow_until is None:
+                follow_until = now + follow_seconds
+            if now + settings.CHAIN_SCAN_POLL_SECONDS >= min(follow_until, deadline):
+                break
+            time.sleep(settings.CHAIN_SCAN_POLL_SECONDS)
+        return report
+
+
+def _final_block(tip) -> int:
+    by_depth = tip.latest.number - settings.REORG_WINDOW
+    if tip.finalized is not None:
+        return min(tip.finalized.number, by_depth)
+    return by_depth
+
+
+def _scan_pass(client, target: _Target, report: ScanReport, deadline: float, actor: str) -> bool:
+    """Scan from the cursor to the confirmed head. True when caught up (or halted)."""
+    cursor = get_cursor(target)
+    if cursor.halted:
+        report.halted = True
+        return True
+    tip = get_chain_tip(client, cursor.last_block if cursor.last_block >= 0 else None)
+    report.head = tip.latest.number
+    metrics.HEAD_BLOCK.set(tip.latest.number)
+    final = _final_block(tip)
+    moved_back = cursor.last_block_hash and (
+        (tip.at_cursor is None and cursor.last_block > tip.latest.number)
+        or (tip.at_cursor is not None and tip.at_cursor.hash != cursor.last_block_hash)
+    )
+    if moved_back:
+        if not _roll_back_reorg(client, target, cursor, tip.latest.number, report, actor):
+            return True
+        cursor = get_cursor(target)
+    confirmed = tip.latest.number - settings.CHAIN_CONFIRMATIONS
+    with _Prefetcher(client, target, final) as prefetcher:
+        return _scan_ranges(client, target, cursor, tip, final, confirmed, prefetcher, report, deadline, actor)
+
+
+def _scan_ranges(client, target, cursor, tip, final, confirmed, prefetcher, report, deadline, actor) -> bool:
+    while cursor.last_block < confirmed:
+        if time.monotonic() >= deadline:
+            _note_position(cursor, tip, final, report)
+            return False
+        from_block = cursor.last_block + 1
+        size = cursor.range_size
+        if cursor.last_scan_at is None and confirmed - cursor.last_block > _PROBE_BLOCKS * _MAX_GROWTH:
+            # A cursor that never scanned knows nothing of the log density: before a long
+            # catch-up, probe a few blocks and size from what they hold (_next_range_size),
+            # rather than ask a node without a result cap for a whole default range (100,000s
+            # of logs in one answer). A short gap is read whole, as any range.
+            size = cursor.range_size = min(size, _PROBE_BLOCKS)
+        to_block = min(from_block + size - 1, confirmed)
+        try:
+            with _cyclic_gc_paused():
+                fetched = prefetcher.take(cursor, from_block, to_block, report)
+                # Fetch (and decode) the next range in the background while this one is written.
+                if to_block < confirmed:
+                    next_to = min(to_block + fetched.next_size, confirmed)
+                    prefetcher.start(fetched.last_header.hash, to_block + 1, next_to, fetched.next_size, report)
+                _apply_range(target, cursor, fetched, tip, final, report, actor)
+        except LogRangeTooLarge as exc:
+            _shrink(cursor, from_block, to_block, exc.suggested_to, report)
+            continue
+        except RpcUnavailable as exc:
+            if exc.timed_out and to_block > from_block:
+                _shrink(cursor, from_block, to_block, None, report)
+                continue
+            raise
+        except _ReorgDetected:
+            if not _roll_back_reorg(client, target, cursor, tip.latest.number, report, actor):
+                return True
+            cursor = get_cursor(target)
+            continue
+        cursor.refresh_from_db()
+    _note_position(cursor, tip, final, report)
+    return True
+
+
+@contextmanager
+def _cyclic_gc_paused():
+    """Pause Python's cyclic garbage collector while one range is fetched and applied.
+
+    A range creates ~10^5 objects that live until it is done (decoded logs, booking
+    snapshots, plans, chain_data dicts); such bursts of survivors trigger full collections
+    that walk the whole heap (Django, web3, eth_abi: millions of objects) again and again,
+    measured at ~1/4 of catch-up time. Those objects hold no reference cycles: reference
+    counting frees them when the range ends, and whatever cycles a range does make are
+    collected by the first collection after it. A range is bounded (CHAIN_LOG_MAX_RESULTS
+    logs), so memory stays bounded too."""
+    if not gc.isenabled():  # someone up the stack already paused it: leave it to them
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _note_position(cursor: SyncCursor, tip, final: int, report: ScanReport) -> None:
+    SyncCursor.objects.filter(pk=cursor.pk).update(
+        head_block=tip.latest.number, finalized_block=final, last_scan_at=timezone.now()
+    )
+    report.cursor = cursor.last_block
+    metrics.CURSOR_BLOCK.set(cursor.last_block)
+    metrics.SYNC_LAG.set(max(0, tip.latest.number - cursor.last_block))
+
+
+def _shrink(cursor: SyncCursor, from_block: int, to_block: int, suggested_to: int | None, report: ScanReport) -> None:
+    """A refused range: take the provider's suggestion when it names one, otherwise halve."""
+    span = to_block - from_block + 1
+    report.range_ceiling = span if report.range_ceiling is None else min(report.range_ceiling, span)
+    if suggested_to is not None and from_block <= suggested_to < to_block:
+        size = suggested_to - from_block + 1
+    else:
+        size = max(1, span // 2)
+    if size >= span and span > 1:
+        size = span - 1
+    cursor.range_size = max(1, size)
+    SyncCursor.objects.filter(pk=cursor.pk).update(range_size=cursor.range_size)
+    report.range_shrinks += 1
+    metrics.RANGE_SHRINKS.inc()
+    log.info("eth_getLogs range %d-%d refused; range now %d blocks", from_block, to_block, cursor.range_size)
+
+
+def _window_headers(client, parent_hash: str, from_block: int, to_block: int, final: int) -> dict[int, BlockHeader]:
+    """Headers of the range's unfinalized blocks (batched), checked to chain onto `parent_hash`
+    (the cursor's block hash)."""
+    first = max(from_block, final + 1)
+    if first > to_block:
+        return {}
+    headers: dict[int, BlockHeader] = {}
+    batch = settings.CHAIN_HEADER_BATCH
+    for start in range(first, to_block + 1, batch):
+        headers.update(get_headers(client, list(range(start, min(start + batch, to_block + 1)))))
+    previous = parent_hash if first == from_block else None
+    for number in range(first, to_block + 1):
+        header = headers[number]
+        if previous and header.parent_hash != previous:
+            if number == from_block:
+                raise _ReorgDetected(f"block {number} does not build on the cursor's block")
+            # Headers of one answer that do not chain: a node switching forks mid-batch.
+            raise RpcUnavailable("headers of the range do not chain") from RpcInconsistentAnswer("fork mid-batch")
+        previous = header.hash
+    return headers
+
+
+@dataclass
+class _FetchedRange:
+    from_block: int
+    to_block: int
+    headers: dict[int, BlockHeader]
+    last_header: BlockHeader
+    logs: list[DecodedLog]
+    next_size: int  # range size to continue with (from the density of this range)
+    seconds: float  # spent fetching and decoding
+
+
+class _Prefetcher:
+    """Fetches (eth_getLogs + headers) and decodes the next range in a background thread while
+    the current one is written to the database: the node's and PostgreSQL's time overlap.
+
+    The thread touches no database and no Django state: it only runs `_fetch_range`. A
+    prefetched range is used only if it is exactly the range the loop asks for next, with
+    the cursor hash it was checked against; its errors (range refused, reorg, RPC failure)
+    surface when it is taken, where the loop handles them as for a range fetched in line.
+    """
+
+    def __init__(self, client, target: _Target, final: int):
+        self.client, self.target, self.final = client, target, final
+        self._executor = None
+        self._pending = None  # ((parent_hash, from_block, to_block), Future)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._drop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        return False
+
+    def _drop(self) -> None:
+        if self._pending is not None:
+            _, future = self._pending
+            self._pending = None
+            if not future.cancel():
+                future.exception()  # wait: the client is not used by two threads at once
+
+    def start(self, parent_hash: str, from_block: int, to_block: int, size: int, report: ScanReport) -> None:
+        self._drop()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-prefetch")
+        ceiling = report.range_ceiling
+        future = self._executor.submit(
+            _fetch_range, self.client, self.target, parent_hash, from_block, to_block, self.final, ceiling, size=size
+        )
+        self._pending = ((parent_hash, from_block, to_block), future)
+
+    def take(self, cursor: SyncCursor, from_block: int, to_block: int, report: ScanReport) -> _FetchedRange:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            key, future = pending
+            if key == (cursor.last_block_hash, from_block, to_block):
+                return future.result()
+            if not future.cancel():
+                future.exception()
+        return _fetch_range(
+            self.client, self.target, cursor.last_block_hash, from_block, to_block, self.final,
+            report.range_ceiling, size=cursor.range_size,
+        )
+
+
+def _fetch_range(
+    client, target: _Target, parent_hash: str, from_block: int, to_block: int, final: int, ceiling: int | None,
+    *, size: int,
+) -> _FetchedRange:
+    """Headers of the range's unfinalized blocks, its logs (checked against the header of its
+    last block) and their decoding. No database access (runs in the prefetch thread)."""
+    started = time.perf_counter()
+    headers = _window_headers(client, parent_hash, from_block, to_block, final)
+    raw_logs, last_header = get_logs_checked(
+        client,
+        address=target.contract,
+        topics=[BOOKING_EVENT_TOPICS],
+        from_block=from_block,
+        to_block=to_block,
+        held_hashes={n: h.hash for n, h in headers.items()},
+    )
+    max_results = settings.CHAIN_LOG_MAX_RESULTS
+    span = to_block - from_block + 1
+    results = len(raw_logs)
+    if results > max_results and to_block > from_block:
+        # More than a provider would hand out: fetch it again in smaller pieces (also bounds
+        # memory), sized for the density just seen.
+        raise LogRangeTooLarge(
+            f"{results} logs in {from_block}-{to_block}",
+            suggested_to=from_block + max(1, span * _target_results() // results) - 1,
+        )
+    logs = _decode(raw_logs, target.contract)
+    del raw_logs
+    next_size = _next_range_size(size, span, results, ceiling)
+    return _FetchedRange(from_block, to_block, headers, last_header, logs, next_size, time.perf_counter() - started)
+
+
+def _apply_range(target, cursor, fetched: _FetchedRange, tip, final, report: ScanReport, actor) -> None:
+    """Store and apply one fetched range and move the cursor past it: ONE transaction."""
+    started = time.perf_counter()
+    from_block, to_block, last_header, size = fetched.from_block, fetched.to_block, fetched.last_header, fetched.next_size
+    now = timezone.now()
+    with transaction.atomic():
+        outcome = _ingest(
+            target, fetched.logs, from_block, to_block, source=EventSource.SCANNER, actor=actor, now=now
+        )
+        _store_window(cursor, fetched.headers, final)
+        SyncCursor.objects.filter(pk=cursor.pk).update(
+            last_block=to_block, last_block_hash=last_header.hash, range_size=size, head_block=tip.latest.number,
+            finalized_block=final, last_scan_at=now,
+        )
+    cursor.last_block, cursor.last_block_hash, cursor.range_size = to_block, last_header.hash, size
+    report.ranges += 1
+    report.logs += outcome.logs
+    report.inserted += outcome.inserted
+    report.removed += outcome.removed
+    report.bookings += outcome.bookings
+    report.orphans += outcome.orphans
+    report.failed_events += outcome.failed_events
+    report.dead_letters += outcome.dead_letters
+    metrics.RANGE_SECONDS.observe(time.perf_counter() - started + fetched.seconds)
+
+
+#: First range of a cursor that never scanned (see _scan_pass).
+_PROBE_BLOCKS = 16
+#: Most a range may grow in one step (a sparse stretch says little about what follows).
+_MAX_GROWTH = 4
+
+
+def _target_results() -> int:
+    """Logs per range to aim for: half the provider cap leaves room for denser stretches
+    (a refused or oversized range costs a whole round trip) and bounds memory."""
+    return max(1, settings.CHAIN_LOG_MAX_RESULTS // 2)
+
+
+def _next_range_size(size: int, span: int, results: int, range_ceiling: int | None) -> int:
+    """The range after one of `span` blocks that returned `results` logs.
+
+    Proportional to the density seen (aiming at _target_results), growing at most
+    _MAX_GROWTH-fold a step (2-fold once a range was refused this run), never past
+    CHAIN_LOG_RANGE_MAX nor the smallest range refused this run; a short range (the head
+    was near) shrinks the size only when it was dense.
+    """
+    if range_ceiling is None:
+        limit, growth = settings.CHAIN_LOG_RANGE_MAX, _MAX_GROWTH
+    else:
+        # Refused this run: creep back up slowly, staying below the smallest refused range.
+        limit, growth = range_ceiling - 1, 2
+    target = _target_results()
+    wanted = span * target // results if results else span * growth
+    wanted = max(1, min(wanted, span * growth, limit))
+    if span < size and wanted < size and results <= target:
+        return size  # a short range (head reached) below the target says nothing against the size
+    return wanted
+
+
+def _store_window(cursor: SyncCursor, headers: dict[int, BlockHeader], final: int) -> None:
+    """Remember the unfinalized blocks' hashes; forget those that became final."""
+    with store.bulk_cursor() as c:
+        c.execute(f"DELETE FROM {BlockHash._meta.db_table} WHERE cursor_id = %s AND number <= %s", [cursor.pk, final])
+        if headers:
+            numbers = sorted(headers)
+            c.execute(
+                f"""INSERT INTO {BlockHash._meta.db_table} (cursor_id, number, hash, parent_hash)
+                    SELECT %s, u.number, u.hash, u.parent_hash
+                    FROM unnest(%s::bigint[], %s::text[], %s::text[]) AS u(number, hash, parent_hash)
+                    ON CONFLICT (cursor_id, number) DO UPDATE SET hash = EXCLUDED.hash,
+                        parent_hash = EXCLUDED.parent_hash""",
+                [cursor.pk, numbers, [headers[n].hash for n in numbers], [headers[n].parent_hash for n in numbers]],
+            )
+
+
+def _decode(raw_logs: list[dict], contract: str) -> list[DecodedLog]:
+    """Our booking events in chain order, once each. A log with our topic that does not fit
+    the ABI cannot be applied by any retry: it is logged loudly and skipped."""
+    out, seen = [], set()
+    for raw in raw_logs:
+        try:
+            decoded = decode_log(raw, contract_address=contract)
+        except LogDecodeError as exc:
+            log.error("undecodable escrow log in tx %s: %s", raw.get("transactionHash"), exc)
+            continue
+        if decoded is not None and decoded.key not in seen:
+            seen.add(decoded.key)
+            out.append(decoded)
+    out.sort(key=lambda d: d.position)
+    return out
+
+
+def _ingest(
+    target: _Target, logs: list[DecodedLog], from_block: int | None, to_block: int | None, *, source: str,
+    actor: str, now, reapply_all: bool = False, status_source: str | None = None,
+) -> LogsOutcome:
+    """Store `logs` and apply what they change. Runs inside the caller's transaction.
+
+    With a block range, rows stored for it that the canonical logs lack are marked REMOVED.
+    reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
+    those with newly stored rows.
+    """
+    outcome = LogsOutcome(logs=len(logs))
+    inserted = store.insert_events(target.chain_id, target.contract, logs, source=source, now=now)
+    outcome.inserted = sum(len(ids) for ids in inserted.values())
+    removed: dict[str, list[int]] = {}
+    if from_block is not None:
+        stale = store.stale_event_ids(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        removed = store.mark_removed(stale, now=now)
+        outcome.removed = sum(len(ids) for ids in removed.values())
+    touched: dict[str, list[DecodedLog]] = {}
+    wanted = None if reapply_all else inserted
+    for event in logs:
+        if wanted is None or event.chain_booking_id in wanted:
+            touched.setdefault(event.chain_booking_id, []).append(event)
+    for chain_booking_id in removed:
+        touched.setdefault(chain_booking_id, [])
+    outcome.booking_ids = list(touched)
+    if touched:
+        kwargs = {"status_source": status_source} if status_source else {}
+        outcome.add(
+            handlers.apply_events(
+                chain_id=target.chain_id, contract=target.contract, touched=touched, new_event_ids=inserted,
+                actor=actor, now=now, **kwargs,
+            )
+        )
+    return outcome
+
+
+# -- reorgs ------------------------------------------------------------------------------------
+def _roll_back_reorg(client, target: _Target, cursor: SyncCursor, head: int, report: ScanReport, actor: str) -> bool:
+    """Roll back to the common ancestor. False when it lies below the window (cursor halted)."""
+    window = list(
+        BlockHash.objects.filter(cursor=cursor, number__lte=min(cursor.last_block, head))
+        .order_by("-number")
+        .values_list("number", "hash")
+    )
+    canonical: dict[int, BlockHeader] = {}
+    batch = settings.CHAIN_HEADER_BATCH
+    numbers = [n for n, _ in window]
+    ancestor = None
+    # Newest first, a batch at a time: a shallow reorg costs one round trip.
+    for start in range(0, len(numbers), batch):
+        chunk = numbers[start:start + batch]
+        canonical.update(get_headers(client, chunk))
+        for number, held in window[start:start + batch]:
+            if canonical[number].hash == held:
+                ancestor = (number, held)
+                break
+        if ancestor:
+            break
+    if ancestor is None:
+        reason = (
+            f"reorg below the unfinalized window: block {cursor.last_block} ({cursor.last_block_hash}) is no longer "
+            f"canonical and none of the {len(window)} block hashes held is; rewind the cursor by hand"
+        )
+        SyncCursor.objects.filter(pk=cursor.pk).update(halted=True, halt_reason=reason, halted_at=timezone.now())
+        metrics.DEEP_REORGS.inc()
+        log.critical("scanner halted: %s", reason)
+        report.halted = True
+        report.errors.append(reason)
+        return False
+    number, held = ancestor
+    depth = cursor.last_block - number
+    now = timezone.now()
+    with transaction.atomic():
+        removed = store.mark_removed(store.live_event_ids_above(target.chain_id, target.contract, number), now=now)
+        if removed:
+            outcome = handlers.apply_events(
+                chain_id=target.chain_id, contract=target.contract, touched={cid: [] for cid in removed},
+                actor=f"{actor}:reorg", now=now,
+            )
+            report.bookings += outcome.bookings
+        BlockHash.objects.filter(cursor=cursor, number__gt=number).delete()
+        SyncCursor.objects.filter(pk=cursor.pk).update(last_block=number, last_block_hash=held)
+    removed_count = sum(len(ids) for ids in removed.values())
+    report.removed += removed_count
+    report.reorgs.append(depth)
+    metrics.REORGS.inc()
+    metrics.REORG_DEPTH.observe(depth)
+    log.warning(
+        "reorg: rolled back %d block(s) to %d (%s); %d event(s) removed, %d booking(s) re-derived",
+        depth, number, held, removed_count, len(removed),
+    )
+    return True
+
+
+# -- entry points for other callers --------------------------------------------------------------
+def apply_logs(
+    raw_logs: list[dict], *, source: str = EventSource.RECONCILIATION, actor: str = "",
+    status_source: str | None = None,
+) -> LogsOutcome:
+    """Store and apply raw logs from any fetch (reconciliation's bookingId-filtered eth_getLogs).
+
+    Every booking the logs mention is re-derived from all its stored events and applied
+    (idempotent: a booking already in line changes nothing). BookingStatusChange rows get
+    `status_source` (default: `reconciliation` when source is reconciliation, else `chain`).
+    """
+    target = _target()
+    logs = _decode(raw_logs, target.contract)
+    if status_source is None:
+        status_source = "reconciliation" if source == EventSource.RECONCILIATION else "chain"
+    now = timezone.now()
+    with transaction.atomic():
+        return _ingest(
+            target, logs, None, None, source=source, actor=actor or str(source), now=now, reapply_all=True,
+            status_source=status_source,
+        )
+
+
+def replay_range(
+    from_block: int, to_block: int | None = None, *, client: RpcClient | None = None, actor: str = "replay"
+) -> ReplayReport:
+    """Re-fetch [from_block, to_block] (default: the confirmed head) and re-apply it.
+
+    Idempotent: rows already stored are kept, every booking the range mentions is re-derived
+    from all its events (so FAILED/DEAD_LETTER events of those bookings apply if they can
+    now), and stored rows the canonical chain lacks are marked REMOVED. The cursor does not move.
+    """
+    client = client or get_rpc_client()
+    target = _target()
+    tip = get_chain_tip(client, None)
+    confirmed = tip.latest.number - settings.CHAIN_CONFIRMATIONS
+    to_block = confirmed if to_block is None else min(to_block, confirmed)
+    from_block = max(from_block, 0)
+    report = ReplayReport(from_block=from_block, to_block=to_block)
+    cursor = get_cursor(target)
+    held = dict(BlockHash.objects.filter(cursor=cursor).values_list("number", "hash"))
+    size = cursor.range_size
+    start = from_block
+    while start <= to_block:
+        end = min(start + size - 1, to_block)
+        try:
+            raw_logs, _ = get_logs_checked(
+                client, address=target.contract, topics=[BOOKING_EVENT_TOPICS], from_block=start, to_block=end,
+                held_hashes={n: h for n, h in held.items() if start <= n <= end},
+            )
+        except LogRangeTooLarge as exc:
+            size = (exc.suggested_to - start + 1) if exc.suggested_to and start <= exc.suggested_to < end else max(1, (end - start + 1) // 2)
+            continue
+        logs = _decode(raw_logs, target.contract)
+        with transaction.atomic():
+            outcome = _ingest(
+                target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True
+            )
+        report.ranges += 1
+        report.logs += outcome.logs
+        report.inserted += outcome.inserted
+        report.removed += outcome.removed
+        report.bookings += outcome.bookings
+        report.orphans += outcome.orphans
+        report.failed_events += outcome.failed_events
+        start = end + 1
+    log.info("replayed blocks %d-%d: %s", from_block, to_block, report)
+    return report
+
+
+def retry_failed_events(*, now=None, limit: int = 500, actor: str = "retry") -> RetryReport:
+    """Re-apply events that are due: FAILED past their backoff, RETRY (staff asked) at once.
+
+    The rows are claimed FOR UPDATE SKIP LOCKED, so two deliveries of the task never retry
+    the same event twice. A booking that still fails counts one more attempt on its events
+    (exponential backoff, DEAD_LETTER at CHAIN_EVENT_MAX_ATTEMPTS).
+    """
+    now = now or timezone.now()
+    target = _target()
+    report = RetryReport()
+    with transaction.atomic():
+        ids = list(
+            ChainEvent.objects.select_for_update(skip_locked=True)
+            .filter(
+                chain_id=target.chain_id, contract_address=target.contract,
+                status__in=[EventStatus.FAILED, EventStatus.RETRY], next_retry_at__lte=now,
+            )
+            .order_by("next_retry_at", "id")
+            .values_list("id", flat=True)[:limit]
+        )
+        if not ids:
+            return report
+        rows = store.load_rows(ids)
+        outcome = handlers.apply_events(
+            chain_id=target.chain_id, contract=target.contract,
+            touched={cid: [r.event for r in events] for cid, events in rows.items()},
+            new_event_ids={cid: [r.id for r in events] for cid, events in rows.items()},
+            actor=actor, now=now,
+        )
+        failed = set(outcome.failed_bookings)
+        done = [r.id for cid, events in rows.items() if cid not in failed for r in events]
+        store.mark_processed(done, now=now)
+    report.attempted = len(ids)
+    report.processed = len(done)
+    report.failed = outcome.failed_events - outcome.dead_letters
+    report.dead_letters = outcome.dead_letters
+    if ids:
+        log.info("retried %d chain event(s): %s", len(ids), report)
+    return report

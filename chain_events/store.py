@@ -1,0 +1,323 @@
+"""The event store's writes and reads, in bulk SQL (one statement per batch, not per row).
+
+Catch-up stores tens of thousands of events per second, so rows go in with one
+`INSERT ... SELECT FROM unnest(arrays)` per range instead of one ORM save per event. The key
+(chain_id, tx_hash, log_index) makes every writer idempotent: a log already stored is left
+alone, except that a row REMOVED by a reorg (or stored from another block) whose log is seen
+again on the canonical chain is moved back in and re-applied.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+
+import psycopg
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
+
+from . import metrics
+from .decoding import DecodedLog, log_from_stored
+from .models import ChainEvent, EventStatus
+
+TABLE = ChainEvent._meta.db_table
+
+
+@contextmanager
+def bulk_cursor():
+    """A psycopg cursor with server-side parameter binding on Django's connection (and so in
+    its transaction). Django's own cursors bind client-side, quoting every array element
+    in Python: for the 10,000-element arrays of a catch-up range that costs more than the
+    statement itself; array parameters are also sent in binary (`%b`), which skips text
+    escaping altogether. Errors still surface as django.db errors."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        with psycopg.Cursor(connection.connection) as cursor:
+            yield cursor
+_S = EventStatus
+_UNSETTLED_SQL = "('PENDING', 'FAILED', 'RETRY', 'DEAD_LETTER')"
+
+
+def insert_events(
+    chain_id: int, contract: str, logs: list[DecodedLog], *, source: str, now, status: str = _S.PROCESSED
+) -> dict[str, list[int]]:
+    """Store `logs`; return {chain_booking_id: [row ids]} of rows this call inserted or revived.
+
+    Rows go in as `status` (PROCESSED by default: the caller applies them in the same
+    transaction and marks the ones whose booking fails). Logs already stored unchanged are
+    not returned: whoever stored them applied them.
+    """
+    if not logs:
+        return {}
+    if len(logs) >= COPY_MIN_ROWS:
+        try:
+            with transaction.atomic():
+                return _copy_new_events(chain_id, contract, logs, source=source, now=now, status=status)
+        except IntegrityError:
+            pass  # some of these logs are stored already (fast path, replay): the upsert below sorts them out
+    sql = f"""
+        INSERT INTO {TABLE} AS e (chain_id, contract_address, block_number, block_hash, tx_hash, tx_index,
+            log_index, event_name, args, chain_booking_id, status, source, retry_count, next_retry_at,
+            last_error, processed_at, created_at, updated_at)
+        SELECT %s, %s, u.block_number, u.block_hash, u.tx_hash, u.tx_index, u.log_index, u.event_name,
+            u.args::jsonb, u.chain_booking_id, %s, %s, 0, NULL, '', %s, %s, %s
+        FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[], %b::text[], %b::text[], %b::text[])
+            AS u(block_number, block_hash, tx_hash, tx_index, log_index, event_name, args, chain_booking_id)
+        ON CONFLICT (chain_id, tx_hash, log_index) DO UPDATE SET
+            block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash, tx_index = EXCLUDED.tx_index,
+            status = EXCLUDED.status, retry_count = 0, next_retry_at = NULL, last_error = '',
+            processed_at = EXCLUDED.processed_at, updated_at = EXCLUDED.updated_at
+        WHERE e.status = 'REMOVED' OR e.block_hash <> EXCLUDED.block_hash
+        RETURNING e.id, e.chain_booking_id
+    """
+    processed_at = now if status == _S.PROCESSED else None
+    params = [
+        chain_id, contract, status, source, processed_at, now, now,
+        [l.block_number for l in logs],
+        [l.block_hash for l in logs],
+        [l.tx_hash for l in logs],
+        [l.tx_index for l in logs],
+        [l.log_index for l in logs],
+        [l.event_name for l in logs],
+        [l.args_json() for l in logs],
+        [l.chain_booking_id for l in logs],
+    ]
+    out: dict[str, list[int]] = {}
+    with bulk_cursor() as cursor:
+        cursor.execute(sql, params)
+        for row_id, chain_booking_id in cursor.fetchall():
+            out.setdefault(chain_booking_id, []).append(row_id)
+    return out
+
+
+#: Batches this large (catch-up ranges) are first tried with COPY, see _copy_new_events.
+COPY_MIN_ROWS = 64
+_COPY_COLUMNS = (
+    "id", "chain_id", "contract_address", "block_number", "block_hash", "tx_hash", "tx_index", "log_index",
+    "event_name", "args", "chain_booking_id", "status", "source", "retry_count", "next_retry_at", "last_error",
+    "processed_at", "created_at", "updated_at",
+)
+
+
+def _copy_new_events(chain_id: int, contract: str, logs: list[DecodedLog], *, source: str, now, status: str):
+    """COPY the rows straight into the event table: catch-up's logs are all new, and COPY is the
+    cheapest way in (no per-row conflict arbitration, rows streamed from C). Ids are drawn
+    from the table's identity sequence first, so the caller still learns every row's id. A
+    log stored before violates the unique key and aborts the whole COPY (the caller's
+    savepoint): then insert_events' upsert handles the batch."""
+    processed_at = now if status == _S.PROCESSED else None
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [TABLE, len(logs)]
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        with cursor.copy(f"COPY {TABLE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
+            for row_id, l in zip(ids, logs):
+                copy.write_row((
+                    row_id, chain_id, contract, l.block_number, l.block_hash, l.tx_hash, l.tx_index, l.log_index,
+                    l.event_name, l.args_json(), l.chain_booking_id, status, source, 0, None, "", processed_at,
+                    now, now,
+                ))
+    out: dict[str, list[int]] = {}
+    for row_id, l in zip(ids, logs):
+        out.setdefault(l.chain_booking_id, []).append(row_id)
+    return out
+
+
+def _json_value(value) -> dict:
+    # Django has psycopg hand jsonb back as text (JSONField parses it); raw cursors see the text.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+@dataclass(slots=True)
+class StoredEvent:
+    id: int
+    status: str
+    event: DecodedLog
+
+    @property
+    def unsettled(self) -> bool:
+        return self.status in (_S.PENDING, _S.FAILED, _S.RETRY, _S.DEAD_LETTER)
+
+
+def load_events(
+    chain_id: int, contract: str, chain_booking_ids: list[str], *, exclude_ids=(), include_removed: bool = False
+) -> dict[str, list[StoredEvent]]:
+    """The stored events of these bookings (not REMOVED unless asked), minus `exclude_ids`."""
+    if not chain_booking_ids:
+        return {}
+    sql = f"""
+        SELECT id, status, chain_booking_id, event_name, block_number, block_hash, tx_hash, tx_index, log_index, args
+        FROM {TABLE}
+        WHERE chain_id = %s AND contract_address = %s AND chain_booking_id = ANY(%b::text[])
+          {"" if include_removed else "AND status <> 'REMOVED'"}
+          {"AND NOT (id = ANY(%b::bigint[]))" if exclude_ids else ""}
+    """
+    params = [chain_id, contract, list(chain_booking_ids)]
+    if exclude_ids:
+        params.append(list(exclude_ids))
+    out: dict[str, list[StoredEvent]] = {}
+    with bulk_cursor() as cursor:
+        cursor.execute(sql, params)
+        for row_id, status, cid, name, block, block_hash, tx_hash, tx_index, log_index, args in cursor.fetchall():
+            event = log_from_stored(
+                chain_booking_id=cid, event_name=name, block_number=block, block_hash=block_hash,
+                tx_hash=tx_hash, tx_index=tx_index, log_index=log_index, args=_json_value(args),
+            )
+            out.setdefault(cid, []).append(StoredEvent(row_id, status, event))
+    return out
+
+
+def mark_processed(event_ids: list[int], *, now) -> None:
+    if not event_ids:
+        return
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""UPDATE {TABLE} SET status = 'PROCESSED', processed_at = %s, next_retry_at = NULL,
+                    last_error = '', updated_at = %s
+                WHERE id = ANY(%b::bigint[]) AND status IN {_UNSETTLED_SQL}""",
+            [now, now, list(event_ids)],
+        )
+
+
+def retry_delay(attempt: int) -> timedelta:
+    """Exponential backoff after the `attempt`-th failure: base, 2×base, 4×base, ... capped."""
+    base = settings.CHAIN_EVENT_RETRY_BASE_SECONDS
+    return timedelta(seconds=min(base * 2 ** max(0, attempt - 1), settings.CHAIN_EVENT_RETRY_MAX_SECONDS))
+
+
+def mark_failed(event_ids: list[int], error: str, *, now) -> dict[str, int]:
+    """One more failed attempt for these events: FAILED with backoff, DEAD_LETTER at the limit.
+
+    The delay after the n-th failure is `retry_delay(n)`. Events settled meanwhile by someone
+    else (PROCESSED earlier, REMOVED) are left alone; rows inserted as PROCESSED by this very
+    transaction (processed_at == now) are the ones whose apply just failed.
+    """
+    if not event_ids:
+        return {"failed": 0, "dead_letter": 0}
+    with bulk_cursor() as cursor:
+        # In SET expressions retry_count is the value before this failure (= attempt - 1).
+        cursor.execute(
+            f"""UPDATE {TABLE} SET
+                    retry_count = retry_count + 1,
+                    status = CASE WHEN retry_count + 1 >= %(max)s THEN 'DEAD_LETTER' ELSE 'FAILED' END,
+                    next_retry_at = CASE WHEN retry_count + 1 >= %(max)s THEN NULL
+                        ELSE %(now)s::timestamptz
+                             + make_interval(secs => LEAST(%(base)s * power(2, retry_count), %(cap)s)) END,
+                    last_error = %(error)s, processed_at = NULL, updated_at = %(now)s
+                WHERE id = ANY(%(ids)b::bigint[]) AND status <> 'REMOVED'
+                  AND (status <> 'PROCESSED' OR processed_at = %(now)s)
+                RETURNING status, event_name""",
+            {
+                "max": settings.CHAIN_EVENT_MAX_ATTEMPTS,
+                "now": now,
+                "base": float(settings.CHAIN_EVENT_RETRY_BASE_SECONDS),
+                "cap": float(settings.CHAIN_EVENT_RETRY_MAX_SECONDS),
+                "error": error[:2000],
+                "ids": list(event_ids),
+            },
+        )
+        counts = {"failed": 0, "dead_letter": 0}
+        for status, event_name in cursor.fetchall():
+            if status == _S.DEAD_LETTER:
+                counts["dead_letter"] += 1
+                metrics.DEAD_LETTERS.labels(event_name).inc()
+                metrics.EVENTS_PROCESSED.labels(event_name, "dead_letter").inc()
+            else:
+                counts["failed"] += 1
+                metrics.EVENTS_PROCESSED.labels(event_name, "failed").inc()
+    return counts
+
+
+def events_in_block_range(chain_id: int, contract: str, from_block: int, to_block: int) -> list[tuple]:
+    """(id, tx_hash, log_index, block_hash, chain_booking_id) of live rows stored for these blocks."""
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT id, tx_hash, log_index, block_hash, chain_booking_id FROM {TABLE}
+                WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
+                  AND status <> 'REMOVED'""",
+            [chain_id, contract, from_block, to_block],
+        )
+        return cursor.fetchall()
+
+
+def mark_removed(event_ids: list[int], *, now) -> dict[str, list[int]]:
+    """Mark rows REMOVED (their block left the chain); return {chain_booking_id: [ids]}."""
+    if not event_ids:
+        return {}
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""UPDATE {TABLE} SET status = 'REMOVED', next_retry_at = NULL, updated_at = %s
+                WHERE id = ANY(%b::bigint[]) AND status <> 'REMOVED'
+                RETURNING id, chain_booking_id, event_name""",
+            [now, list(event_ids)],
+        )
+        out: dict[str, list[int]] = {}
+        for row_id, cid, event_name in cursor.fetchall():
+            out.setdefault(cid, []).append(row_id)
+            metrics.EVENTS_PROCESSED.labels(event_name, "removed").inc()
+        return out
+
+
+def live_event_ids_above(chain_id: int, contract: str, block_number: int) -> list[int]:
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT id FROM {TABLE} WHERE chain_id = %s AND contract_address = %s AND block_number > %s
+                AND status <> 'REMOVED'""",
+            [chain_id, contract, block_number],
+        )
+        return [r[0] for r in cursor.fetchall()]
+
+
+def event_id(chain_id: int, tx_hash: str, log_index: int) -> int | None:
+    return (
+        ChainEvent.objects.filter(chain_id=chain_id, tx_hash=tx_hash, log_index=log_index)
+        .values_list("id", flat=True)
+        .first()
+    )
+
+
+def stale_event_ids(
+    chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now
+) -> list[int]:
+    """Live rows stored for [from_block, to_block] that the canonical logs of that range lack.
+
+    They were stored ahead of the scanner (fast path, replay) from a block that has since
+    left the chain. Rows that `insert_events(..., now=now)` just wrote carry updated_at = now
+    and are canonical by construction, so only rows stored earlier are read (none during a
+    plain catch-up) and compared with the logs here.
+    """
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT id, tx_hash, log_index FROM {TABLE}
+                WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
+                  AND status <> 'REMOVED' AND updated_at <> %s""",
+            [chain_id, contract, from_block, to_block, now],
+        )
+        rows = cursor.fetchall()
+    if not rows:
+        return []
+    keys = {log.key for log in logs}
+    return [row_id for row_id, tx_hash, log_index in rows if (tx_hash, log_index) not in keys]
+
+
+def load_rows(event_ids: list[int]) -> dict[str, list[StoredEvent]]:
+    """These event rows, grouped by chain booking id (for retries)."""
+    if not event_ids:
+        return {}
+    out: dict[str, list[StoredEvent]] = {}
+    with bulk_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT id, status, chain_booking_id, event_name, block_number, block_hash, tx_hash, tx_index,
+                       log_index, args
+                FROM {TABLE} WHERE id = ANY(%b::bigint[])""",
+            [list(event_ids)],
+        )
+        for row_id, status, cid, name, block, block_hash, tx_hash, tx_index, log_index, args in cursor.fetchall():
+            event = log_from_stored(
+                chain_booking_id=cid, event_name=name, block_number=block, block_hash=block_hash,
+                tx_hash=tx_hash, tx_index=tx_index, log_index=log_index, args=_json_value(args),
+            )
+            out.setdefault(cid, []).append(StoredEvent(row_id, status, event))
+    return out

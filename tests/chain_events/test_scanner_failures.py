@@ -1,0 +1,319 @@
+"""The scanner under failure: reorgs, a crash before commit, bad RPC endpoints, failing handlers."""
+from __future__ import annotations
+
+import socket
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import DatabaseError, connection
+
+from chain_events import scanner, services
+from chain_events.models import BlockHash, ChainEvent, EventStatus, SyncCursor
+from chain_events.rpc import get_rpc_client
+from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
+
+from .conftest import scan
+from .rpc_proxy import RpcProxy
+
+pytestmark = [pytest.mark.chain, pytest.mark.django_db]
+
+
+def statuses(booking) -> list[str]:
+    return list(booking.status_changes.filter(source="chain").values_list("to_status", flat=True))
+
+
+# -- reorgs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("depth", [1, 3, 10])
+def test_reorg_dropping_a_payment_returns_booking_to_pending_then_paid_once(flow, depth):
+    chain = flow.chain
+    booking, receipt = flow.paid_booking()
+    if depth > 1:
+        chain.mine(depth - 1)  # the payment's block is now `depth` blocks from the head
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID
+
+    chain.rpc("anvil_reorg", [depth, []])  # replace the last `depth` blocks with empty ones
+    assert chain.rpc("eth_getTransactionReceipt", [receipt["transactionHash"].to_0x_hex()]) is None
+    report = scan()
+    assert report.reorgs == [depth]
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT
+    assert booking.payment_tx_hash == "" and booking.chain_confirmed_at is None
+    assert ChainEvent.objects.get().status == EventStatus.REMOVED
+    assert SignatureNonce.objects.get(booking=booking).consumed_at is None  # released with the payment
+
+    flow.pay(booking)  # the customer pays again (a fresh authorization)
+    scan()
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID
+    assert statuses(booking) == [BookingStatus.PAID, BookingStatus.PENDING_PAYMENT, BookingStatus.PAID]
+    assert ChainEvent.objects.filter(status=EventStatus.PROCESSED).count() == 1
+    assert not PlatformFee.objects.exists() and not ProviderEarnings.objects.exists()
+    # The window holds the new chain's hashes.
+    head = chain.w3.eth.get_block("latest")
+    assert BlockHash.objects.get(number=head["number"]).hash == head["hash"].to_0x_hex()
+
+
+def test_reorg_dropping_a_completion_reverses_fee_and_earnings_exactly(flow):
+    chain = flow.chain
+    booking, _ = flow.paid_booking(amount=100 * 10**6)
+    flow.complete(booking)
+    chain.mine(1)
+    scan()
+    assert ProviderEarnings.objects.get().total_earned == 90 * 10**6
+    chain.rpc("anvil_reorg", [3, []])  # drops payment and completion
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT
+    assert not PlatformFee.objects.exists()
+    earnings = ProviderEarnings.objects.get()
+    assert (earnings.total_earned, earnings.services_completed) == (0, 0)
+
+    flow.pay(booking)
+    flow.complete(booking)
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.COMPLETED
+    assert PlatformFee.objects.get().platform_amount == 10 * 10**6
+    earnings.refresh_from_db()
+    assert (earnings.total_earned, earnings.services_completed) == (90 * 10**6, 1)
+
+
+def test_reorg_deeper_than_the_window_halts_the_scanner(flow, settings):
+    # anvil's `finalized` tag is head - 64: the window is the last 64 blocks.
+    settings.REORG_WINDOW = 2
+    chain = flow.chain
+    chain.mine(70)
+    booking, _ = flow.paid_booking()
+    chain.mine(10)
+    scan()
+    assert BlockHash.objects.count() == 64
+    chain.rpc("anvil_reorg", [70, []])
+    report = scan()
+    assert report.halted
+    cursor = SyncCursor.objects.get()
+    assert cursor.halted and "below the unfinalized window" in cursor.halt_reason
+    assert scan().halted  # stays halted until staff rewind
+    scanner.rewind_cursor(chain.start_block, reason="checked the explorer")
+    report = scan()
+    assert not report.halted and report.removed == 1  # the rescan finds the payment gone
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT
+
+
+# -- crash before commit ------------------------------------------------------------------------
+def test_crash_after_event_rows_written_before_commit_rescans_exactly_once(flow):
+    bookings = [flow.paid_booking(customer=i)[0] for i in range(3)]
+    flow.complete(bookings[0])
+    # Fault injected in PostgreSQL itself: the cursor update, the range transaction's last
+    # statement (after the event rows, booking changes and block hashes), fails.
+    with connection.cursor() as c:
+        c.execute("""
+            CREATE FUNCTION test_crash() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected crash before commit'; END $$;
+            CREATE TRIGGER test_crash BEFORE UPDATE ON chain_events_synccursor
+            FOR EACH ROW WHEN (NEW.last_block <> OLD.last_block) EXECUTE FUNCTION test_crash();
+        """)
+    with pytest.raises(DatabaseError, match="injected crash"):
+        scan()
+    assert not ChainEvent.objects.exists()
+    assert set(Booking.objects.values_list("status", flat=True)) == {BookingStatus.PENDING_PAYMENT}
+    assert not BookingStatusChange.objects.filter(source="chain").exists()
+    with connection.cursor() as c:
+        c.execute("DROP TRIGGER test_crash ON chain_events_synccursor; DROP FUNCTION test_crash();")
+    scan()
+    scan()
+    assert ChainEvent.objects.filter(status=EventStatus.PROCESSED).count() == 4
+    assert BookingStatusChange.objects.filter(source="chain").count() == 4
+    assert PlatformFee.objects.count() == 1
+    assert ProviderEarnings.objects.get().services_completed == 1
+
+
+# -- RPC endpoints ------------------------------------------------------------------------------
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+def test_primary_rpc_down_fails_over_and_keeps_scanning(flow, settings):
+    settings.CHAIN_RPC_URLS = [closed_port_url(), flow.chain.url]
+    booking, _ = flow.paid_booking()
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID
+    primary, backup = get_rpc_client().health()
+    assert primary["total_failures"] >= 1 and not primary["healthy"]
+    assert backup["healthy"]
+
+
+@pytest.mark.parametrize("mode", ["garbage", "not-json"])
+def test_primary_rpc_answering_garbage_fails_over(flow, settings, mode):
+    with RpcProxy(mode=mode) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url, flow.chain.url]
+        booking, _ = flow.paid_booking()
+        scan()
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID
+        assert proxy.requests >= 1
+        flow.complete(booking)
+        scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.COMPLETED
+    assert get_rpc_client().health()[0]["total_failures"] >= 1
+
+
+def test_range_refused_by_provider_uses_its_suggested_range(flow, settings):
+    with RpcProxy(flow.chain.url, mode="range-limit", max_log_blocks=3) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        bookings = [flow.paid_booking(customer=i % 6)[0] for i in range(6)]
+        report = scan()
+    assert report.range_shrinks >= 1
+    assert SyncCursor.objects.get().range_size <= 6  # 3 suggested, may have grown once since
+    assert set(Booking.objects.filter(pk__in=[b.pk for b in bookings]).values_list("status", flat=True)) == {
+        BookingStatus.PAID
+    }
+
+
+def test_too_many_results_refetches_smaller(flow, settings):
+    settings.CHAIN_LOG_MAX_RESULTS = 10
+    for i in range(12):
+        flow.paid_booking(customer=i % 6)
+    report = scan()
+    assert report.range_shrinks >= 1
+    assert report.logs == 12
+    assert Booking.objects.filter(status=BookingStatus.PAID).count() == 12
+
+
+# -- failing handlers -----------------------------------------------------------------------------
+def _break_booking_updates(booking_id: int) -> None:
+    with connection.cursor() as c:
+        c.execute(f"""
+            CREATE FUNCTION test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected handler failure'; END $$;
+            CREATE TRIGGER test_refuse BEFORE UPDATE ON escrow_booking
+            FOR EACH ROW WHEN (OLD.id = {int(booking_id)}) EXECUTE FUNCTION test_refuse();
+        """)
+
+
+def _repair_booking_updates() -> None:
+    with connection.cursor() as c:
+        c.execute("DROP TRIGGER test_refuse ON escrow_booking; DROP FUNCTION test_refuse();")
+
+
+def test_failing_handler_backs_off_then_dead_letters_without_blocking_others(flow, settings):
+    settings.CHAIN_EVENT_RETRY_BASE_SECONDS = 30
+    bad, _ = flow.paid_booking(customer=0)
+    good, _ = flow.paid_booking(customer=1)
+    _break_booking_updates(bad.pk)
+    report = scan()
+    assert report.failed_events == 1
+    good.refresh_from_db()
+    assert good.status == BookingStatus.PAID  # the other event went through
+    assert SyncCursor.objects.get().last_block == flow.chain.block_number()  # the cursor moved on
+    event = ChainEvent.objects.get(chain_booking_id=bad.chain_booking_id)
+    assert (event.status, event.retry_count) == (EventStatus.FAILED, 1)
+    assert "injected handler failure" in event.last_error
+    delays = [event.next_retry_at - event.updated_at]
+
+    for attempt in range(2, 6):
+        due = event.next_retry_at
+        assert scanner.retry_failed_events(now=due - timedelta(seconds=1)).attempted == 0  # not due yet
+        result = scanner.retry_failed_events(now=due)
+        assert result.attempted == 1
+        event.refresh_from_db()
+        assert event.retry_count == attempt
+        if attempt < 5:
+            assert event.status == EventStatus.FAILED
+            delays.append(event.next_retry_at - event.updated_at)
+    assert event.status == EventStatus.DEAD_LETTER and event.next_retry_at is None
+    assert [d.total_seconds() for d in delays] == [30, 60, 120, 240]  # exponential backoff
+    assert list(services.open_dead_letters()) == [event]
+    bad.refresh_from_db()
+    assert bad.status == BookingStatus.PENDING_PAYMENT
+
+    # Staff fix the cause and retry from the admin: applied once.
+    _repair_booking_updates()
+    assert services.request_retry([event.pk], actor="staff@example.com") == 1
+    assert scanner.retry_failed_events().processed == 1
+    event.refresh_from_db()
+    bad.refresh_from_db()
+    assert event.status == EventStatus.PROCESSED
+    assert bad.status == BookingStatus.PAID and statuses(bad) == [BookingStatus.PAID]
+    assert scanner.retry_failed_events().attempted == 0
+
+
+def test_dead_letter_resolved_by_staff_needs_a_reason(flow, settings):
+    settings.CHAIN_EVENT_MAX_ATTEMPTS = 1
+    bad, _ = flow.paid_booking()
+    _break_booking_updates(bad.pk)
+    scan()
+    event = ChainEvent.objects.get()
+    assert event.status == EventStatus.DEAD_LETTER
+    with pytest.raises(services.EventNotResolvable):
+        services.resolve_event(event, "staff@example.com", "  ")
+    event = services.resolve_event(event, "staff@example.com", "refunded by hand, see ticket 12")
+    assert (event.resolved_by, event.resolution_note) == ("staff@example.com", "refunded by hand, see ticket 12")
+    assert event.resolved_at is not None and not services.open_dead_letters().exists()
+    _repair_booking_updates()
+
+
+def test_replay_reapplies_dead_letters_and_is_idempotent(flow, settings):
+    settings.CHAIN_EVENT_MAX_ATTEMPTS = 1
+    bad, _ = flow.paid_booking()
+    _break_booking_updates(bad.pk)
+    scan()
+    _repair_booking_updates()
+    first = services.replay_range(flow.chain.start_block)
+    second = services.replay_range(flow.chain.start_block, flow.chain.block_number())
+    assert first.logs == second.logs == 1 and first.inserted == second.inserted == 0
+    bad.refresh_from_db()
+    assert bad.status == BookingStatus.PAID and statuses(bad) == [BookingStatus.PAID]
+    assert ChainEvent.objects.get().status == EventStatus.PROCESSED
+
+
+def test_a_second_scan_while_one_runs_is_skipped(flow):
+    target = scanner._target()
+    with scanner.scan_lock(target) as held:
+        assert held
+        # A second worker (its own database session) finds the lock taken.
+        from django.db import connections
+
+        other = connections.create_connection("default")
+        try:
+            with other.cursor() as c:
+                c.execute("SELECT pg_try_advisory_lock(%s)", [target.lock_key])
+                assert c.fetchone()[0] is False
+        finally:
+            other.close()
+
+
+def test_a_scan_waiting_for_the_lock_takes_over_when_the_holder_ends(flow):
+    """The beat's next scan waits for the following one instead of leaving a gap until the beat after."""
+    import threading
+
+    import psycopg
+
+    target = scanner._target()
+    db = connection.settings_dict
+    # A plain psycopg session: another worker holding the lock, released from another thread.
+    holder = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=True)
+    holder.execute("SELECT pg_advisory_lock(%s)", [target.lock_key])
+    try:
+        assert scanner.scan_chain(lock_wait_seconds=0.3).skipped  # gives up after its wait
+
+        def release_soon():
+            time.sleep(0.6)
+            holder.execute("SELECT pg_advisory_unlock(%s)", [target.lock_key])
+
+        releaser = threading.Thread(target=release_soon)
+        releaser.start()
+        report = scanner.scan_chain(lock_wait_seconds=5)
+        releaser.join()
+        assert not report.skipped and report.head is not None
+    finally:
+        holder.close()
