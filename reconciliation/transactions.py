@@ -1,0 +1,388 @@
+"""The backend's transaction sender: the operator account's emergency cancels, completions, pauses.
+
+    record = send_transaction(purpose=TxPurpose.PAUSE, data=calldata, actor="staff:alice", reason="incident")
+
+Every send is a `SentTransaction` row written before anything is broadcast and updated at each
+step, so the admin shows what was sent, under which nonce and hashes, at what fees, with what
+outcome, and who asked for it and why.
+
+- Fees (EIP-1559): `eth_feeHistory` over the last TX_FEE_HISTORY_BLOCKS blocks gives the next
+  block's base fee and the median priority fee paid; maxFee = 2 × next base fee + priority
+  (room for the base fee to rise ~6 full blocks), capped at TX_MAX_FEE_PER_GAS_WEI.
+- Gas: `eth_estimateGas` + TX_GAS_MARGIN_PERCENT. A call that would revert is refused before
+  any nonce is taken (status FAILED, the contract's error decoded), so nonces never get gaps.
+- Nonces: an `OperatorNonce` row per (chain, account) is locked (SELECT ... FOR UPDATE) while a
+  nonce is chosen, the transaction signed and broadcast; concurrent senders (threads, Celery
+  workers, web processes) queue on that row and never take the same nonce. The nonce is the
+  larger of the row's and the node's `eth_getTransactionCount(pending)`; the row is resynced
+  down to the node's count when it is ahead with no transaction of ours outstanding (a dropped
+  transaction would otherwise leave a gap that blocks every later one).
+- Receipts are awaited (polling every hash ever broadcast for this nonce). A transaction not
+  mined after TX_REPLACE_AFTER_SECONDS is replaced: same nonce, same call, both fee caps raised
+  by TX_FEE_BUMP_PERCENT (≥ 12.5 %, what nodes demand of a replacement) or to the current
+  market if that is higher, at most TX_MAX_REPLACEMENTS times.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+from eth_account import Account
+from eth_utils import keccak
+from prometheus_client import Counter
+
+from chain_events.rpc import RpcClient, RpcError, RpcResponseError, RpcUnavailable, get_rpc_client
+from contracts.artifacts import decode_revert, escrow_abi
+from contracts.deploy import encode_call
+
+from .models import OperatorNonce, SentTransaction, TxStatus
+
+log = logging.getLogger(__name__)
+
+BACKEND_TRANSACTIONS = Counter(
+    "bookme_backend_transactions_total", "Transactions the backend sent, by purpose and outcome", ["purpose", "outcome"]
+)
+MIN_REPLACEMENT_BUMP_PERCENT = 12.5
+
+
+class TransactionError(Exception):
+    """A transaction could not be sent or did not succeed; `.record` is its SentTransaction row."""
+
+    def __init__(self, message: str, record: SentTransaction | None = None):
+        super().__init__(message)
+        self.record = record
+
+
+class TransactionRejected(TransactionError):
+    """The node refused it before broadcast (estimateGas reverted, invalid transaction)."""
+
+
+class TransactionReverted(TransactionError):
+    """Mined, but the call reverted (receipt status 0)."""
+
+
+class TransactionTimeout(TransactionError):
+    """No receipt within TX_RECEIPT_TIMEOUT_SECONDS; the row stays SUBMITTED (see `refresh_transaction`)."""
+
+
+# -- the operator account ---------------------------------------------------------------------
+def operator_account():
+    """eth_account LocalAccount of settings.OPERATOR_PRIVATE_KEY (the key itself is never logged)."""
+    secret = settings.OPERATOR_PRIVATE_KEY
+    if secret is None:
+        raise TransactionError("OPERATOR_PRIVATE_KEY is not configured")
+    return Account.from_key(secret.reveal())
+
+
+def sending_account(address: str):
+    """The configured key (operator, or the optional contract owner) that sends from `address`."""
+    candidates = [settings.OPERATOR_PRIVATE_KEY, getattr(settings, "CONTRACT_OWNER_PRIVATE_KEY", None)]
+    for secret in filter(None, candidates):
+        account = Account.from_key(secret.reveal())
+        if account.address.lower() == address.lower():
+            return account
+    raise TransactionError(f"no configured key sends from {address}")
+
+
+def escrow_call(function_name: str, *args) -> bytes:
+    """Calldata for a BookingEscrow function (eth_abi encoding of the ABI's types)."""
+    return encode_call(escrow_abi(), function_name, list(args))
+
+
+# -- fees and gas -------------------------------------------------------------------------------
+def _percent_up(value: int, percent: float) -> int:
+    return math.ceil(value * (100 + percent) / 100)
+
+
+def market_fees(fee_history: dict) -> tuple[int, int]:
+    """(maxFeePerGas, maxPriorityFeePerGas) from an eth_feeHistory answer (rewardPercentiles [50])."""
+    base_fees = [int(v, 16) for v in fee_history["baseFeePerGas"]]
+    next_base_fee = base_fees[-1]  # the array ends with the base fee of the block after `newest`
+    rewards = sorted(int(r[0], 16) for r in (fee_history.get("reward") or []) if r)
+    median_reward = rewards[len(rewards) // 2] if rewards else 0
+    priority = max(median_reward, settings.TX_MIN_PRIORITY_FEE_WEI)
+    max_fee = min(2 * next_base_fee + priority, settings.TX_MAX_FEE_PER_GAS_WEI)
+    return max_fee, min(priority, max_fee)
+
+
+def _revert_message(error: RpcResponseError) -> str:
+    data = error.data
+    if isinstance(data, dict):
+        data = data.get("data")
+    decoded = decode_revert(data) if isinstance(data, str) and data.startswith("0x") else None
+    if decoded:
+        name, args = decoded
+        return f"{name}({', '.join(str(a) for a in args)})"
+    return str(error)
+
+
+def _quote(client: RpcClient, sender: str, to: str, data: str) -> tuple[int, int, int]:
+    """(gas limit, maxFeePerGas, maxPriorityFeePerGas) in one round trip; TransactionRejected on revert."""
+    estimate, history = client.batch(
+        [
+            ("eth_estimateGas", [{"from": sender, "to": to, "data": data}]),
+            ("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]]),
+        ],
+        allow_errors=True,
+    )
+    if isinstance(estimate, RpcResponseError):
+        raise TransactionRejected(f"the call would fail: {_revert_message(estimate)}")
+    if isinstance(history, RpcResponseError):
+        raise history
+    gas = _percent_up(int(estimate, 16), settings.TX_GAS_MARGIN_PERCENT)
+    max_fee, priority = market_fees(history)
+    return gas, max_fee, priority
+
+
+# -- sending ------------------------------------------------------------------------------------
+def _sign(account, record: SentTransaction, nonce: int, max_fee: int, priority: int) -> tuple[str, str]:
+    """(raw tx 0x hex, tx hash) of the record's call under this nonce and these fees."""
+    signed = account.sign_transaction(
+        {
+            "type": 2,
+            "chainId": record.chain_id,
+            "nonce": nonce,
+            "to": record.to_address,
+            "value": 0,
+            "data": record.data,
+            "gas": record.gas_limit,
+            "maxFeePerGas": max_fee,
+            "maxPriorityFeePerGas": priority,
+        }
+    )
+    raw = "0x" + bytes(signed.raw_transaction).hex()
+    return raw, "0x" + keccak(bytes(signed.raw_transaction)).hex()
+
+
+def _error_says(error: Exception, *needles: str) -> bool:
+    message = str(error).lower()
+    return any(n in message for n in needles)
+
+
+def _broadcast(client: RpcClient, raw: str) -> None:
+    """eth_sendRawTransaction; an "already known" answer means the node has it: fine."""
+    try:
+        client.call("eth_sendRawTransaction", [raw])
+    except RpcResponseError as exc:
+        if _error_says(exc, "already known", "already imported", "known transaction"):
+            return
+        raise
+
+
+def _lock_nonce_row(chain_id: int, address: str) -> OperatorNonce:
+    with connection.cursor() as cursor:  # create-if-missing without racing another creator
+        cursor.execute(
+            f"INSERT INTO {OperatorNonce._meta.db_table} (chain_id, address, next_nonce, updated_at) "
+            "VALUES (%s, %s, 0, now()) ON CONFLICT (chain_id, address) DO NOTHING",
+            [chain_id, address],
+        )
+    return OperatorNonce.objects.select_for_update().get(chain_id=chain_id, address=address)
+
+
+def _choose_nonce(row: OperatorNonce, node_pending: int, record: SentTransaction) -> int:
+    if row.next_nonce <= node_pending:
+        return node_pending
+    outstanding = (
+        SentTransaction.objects.filter(
+            chain_id=row.chain_id, from_address=row.address, status=TxStatus.SUBMITTED, nonce__gte=node_pending
+        )
+        .exclude(pk=record.pk)
+        .exists()
+    )
+    if outstanding:
+        return row.next_nonce
+    log.warning("operator nonce row for %s was at %d, node says %d with nothing outstanding: resynced",
+                row.address, row.next_nonce, node_pending)
+    return node_pending
+
+
+def _submit(client: RpcClient, account, record: SentTransaction) -> None:
+    """Take a nonce (row lock), sign, broadcast, and store it: all or nothing for the nonce row."""
+    for attempt in range(2):
+        with transaction.atomic():
+            row = _lock_nonce_row(record.chain_id, record.from_address)
+            node_pending = int(client.call("eth_getTransactionCount", [record.from_address, "pending"]), 16)
+            nonce = _choose_nonce(row, node_pending, record)
+            raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
+            try:
+                _broadcast(client, raw)
+            except RpcResponseError as exc:
+                if attempt == 0 and _error_says(exc, "nonce too low", "nonce is too low", "already been used"):
+                    row.next_nonce = node_pending + 1  # someone else used it: resync and try the next one
+                    row.save(update_fields=["next_nonce", "updated_at"])
+                    continue
+                raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
+            except RpcUnavailable:
+                # Maybe delivered, maybe not: keep the nonce and the hash; the receipt wait
+                # rebroadcasts the same signed transaction, which is harmless if it was delivered.
+                log.warning("broadcast of %s unconfirmed (RPC unavailable); will rebroadcast", tx_hash)
+            row.next_nonce = nonce + 1
+            row.save(update_fields=["next_nonce", "updated_at"])
+            record.nonce = nonce
+            record.tx_hash = tx_hash
+            record.tx_hashes = [tx_hash]
+            record.status = TxStatus.SUBMITTED
+            record.submitted_at = timezone.now()
+            record.save(update_fields=["nonce", "tx_hash", "tx_hashes", "status", "submitted_at", "updated_at"])
+            return
+
+
+def send_transaction(
+    *,
+    purpose: str,
+    data: bytes,
+    actor: str,
+    reason: str = "",
+    to: str | None = None,
+    booking=None,
+    orphan=None,
+    wait: bool = True,
+    account=None,
+) -> SentTransaction:
+    """Send a call from the operator account (default target: the escrow contract).
+
+    Returns the SentTransaction (MINED when waited for). Raises TransactionRejected (refused
+    before broadcast), TransactionReverted, TransactionTimeout, or RpcError (RPC unavailable
+    before anything was broadcast) — the row records the outcome in every case. `account`
+    (an eth_account LocalAccount) defaults to the operator's.
+    """
+    account = account or operator_account()
+    client = get_rpc_client()
+    record = SentTransaction.objects.create(
+        purpose=purpose,
+        booking=booking,
+        orphan=orphan,
+        chain_id=settings.CHAIN_ID,
+        from_address=account.address,
+        to_address=to or settings.ESCROW_CONTRACT_ADDRESS,
+        data="0x" + bytes(data).hex(),
+        actor=actor[:200],
+        reason=reason,
+    )
+    try:
+        record.gas_limit, record.max_fee_per_gas, record.max_priority_fee_per_gas = _quote(
+            client, record.from_address, record.to_address, record.data
+        )
+        record.save(update_fields=["gas_limit", "max_fee_per_gas", "max_priority_fee_per_gas", "updated_at"])
+        _submit(client, account, record)
+    except (TransactionError, RpcError) as exc:
+        _fail(record, str(exc))
+        if isinstance(exc, TransactionError):
+            exc.record = record
+        raise
+    log.info("sent %s tx %s (nonce %s) for %s: %s", purpose, record.tx_hash, record.nonce, actor, reason[:200])
+    if wait:
+        wait_for_transaction(record, account=account)
+    return record
+
+
+def _fail(record: SentTransaction, error: str) -> None:
+    record.status = TxStatus.FAILED
+    record.error = error[:2000]
+    record.save(update_fields=["status", "error", "updated_at"])
+    BACKEND_TRANSACTIONS.labels(record.purpose, "failed").inc()
+    log.error("%s transaction %s failed: %s", record.purpose, record.pk, error[:300])
+
+
+# -- receipts and replacement ---------------------------------------------------------------------
+def refresh_transaction(record: SentTransaction, client: RpcClient | None = None) -> bool:
+    """Look for a receipt of any hash broadcast for this record; store the outcome. True if mined."""
+    client = client or get_rpc_client()
+    hashes = list(record.tx_hashes or [record.tx_hash])
+    receipts = client.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
+    for tx_hash, receipt in zip(hashes, receipts):
+        if receipt:
+            _record_receipt(record, tx_hash, receipt)
+            return True
+    return False
+
+
+def _record_receipt(record: SentTransaction, tx_hash: str, receipt: dict) -> None:
+    ok = int(receipt.get("status") or "0x0", 16) == 1
+    record.tx_hash = tx_hash
+    record.status = TxStatus.MINED if ok else TxStatus.REVERTED
+    record.block_number = int(receipt["blockNumber"], 16)
+    record.gas_used = int(receipt["gasUsed"], 16)
+    record.effective_gas_price = int(receipt.get("effectiveGasPrice") or "0x0", 16)
+    record.mined_at = timezone.now()
+    if not ok:
+        record.error = "reverted on chain"
+    record.save(update_fields=[
+        "tx_hash", "status", "block_number", "gas_used", "effective_gas_price", "mined_at", "error", "updated_at",
+    ])
+    BACKEND_TRANSACTIONS.labels(record.purpose, "mined" if ok else "reverted").inc()
+
+
+def _replace(client: RpcClient, account, record: SentTransaction) -> None:
+    """Rebroadcast under the same nonce with both fee caps bumped (or the current market, if higher)."""
+    bump = max(settings.TX_FEE_BUMP_PERCENT, MIN_REPLACEMENT_BUMP_PERCENT)
+    history = client.call("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]])
+    market_max, market_priority = market_fees(history)
+    priority = max(_percent_up(record.max_priority_fee_per_gas, bump), market_priority)
+    max_fee = max(_percent_up(record.max_fee_per_gas, bump), market_max, priority)
+    if max_fee > settings.TX_MAX_FEE_PER_GAS_WEI:
+        # At the cap: rebroadcast what we have (the node may have dropped it) instead of overpaying.
+        raw, _ = _sign(account, record, record.nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
+        _broadcast(client, raw)
+        return
+    raw, tx_hash = _sign(account, record, record.nonce, max_fee, priority)
+    _broadcast(client, raw)
+    record.max_fee_per_gas, record.max_priority_fee_per_gas = max_fee, priority
+    record.tx_hash = tx_hash
+    record.tx_hashes = [*record.tx_hashes, tx_hash]
+    record.replacements += 1
+    record.save(update_fields=[
+        "max_fee_per_gas", "max_priority_fee_per_gas", "tx_hash", "tx_hashes", "replacements", "updated_at",
+    ])
+    log.warning("%s tx nonce %d not mined: replaced by %s (maxFee %d, priority %d)",
+                record.purpose, record.nonce, tx_hash, max_fee, priority)
+
+
+def wait_for_transaction(record: SentTransaction, *, account=None, timeout: float | None = None) -> SentTransaction:
+    """Poll for the receipt, replacing the transaction with higher fees while it is stuck."""
+    account = account or sending_account(record.from_address)
+    client = get_rpc_client()
+    timeout = settings.TX_RECEIPT_TIMEOUT_SECONDS if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    last_broadcast = time.monotonic()
+    while True:
+        try:
+            if refresh_transaction(record, client):
+                break
+            if time.monotonic() - last_broadcast >= settings.TX_REPLACE_AFTER_SECONDS:
+                if record.replacements < settings.TX_MAX_REPLACEMENTS:
+                    _replace(client, account, record)
+                last_broadcast = time.monotonic()
+        except RpcResponseError as exc:
+            if _error_says(exc, "nonce too low", "nonce is too low"):
+                # The nonce is used: by one of our hashes (found on the next poll) or by a
+                # transaction we did not send (then none of ours will ever mine).
+                if not refresh_transaction(record, client) and _nonce_taken_by_other(client, record):
+                    _fail(record, f"nonce {record.nonce} was used by another transaction")
+                    raise TransactionError(record.error, record) from exc
+                if record.status != TxStatus.SUBMITTED:
+                    break
+            elif _error_says(exc, "underpriced"):
+                last_broadcast = time.monotonic()  # bump again next round
+            else:
+                log.warning("while waiting for %s: %s", record.tx_hash, exc)
+        except RpcError as exc:  # node unreachable for a moment: keep waiting until the deadline
+            log.warning("while waiting for %s: %s", record.tx_hash, exc)
+        if time.monotonic() >= deadline:
+            record.error = f"no receipt after {timeout:.0f} s (still submitted; replaced {record.replacements}×)"
+            record.save(update_fields=["error", "updated_at"])
+            BACKEND_TRANSACTIONS.labels(record.purpose, "timeout").inc()
+            raise TransactionTimeout(record.error, record)
+        time.sleep(settings.TX_POLL_SECONDS)
+    if record.status == TxStatus.REVERTED:
+        raise TransactionReverted(f"{record.purpose} transaction {record.tx_hash} reverted", record)
+    return record
+
+
+def _nonce_taken_by_other(client: RpcClient, record: SentTransaction) -> bool:
+    latest = int(client.call("eth_getTransactionCount", [record.from_address, "latest"]), 16)
+    return latest > record.nonce and not refresh_transaction(record, client)

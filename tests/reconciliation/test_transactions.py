@@ -1,0 +1,132 @@
+"""The operator account's transaction sender on a real anvil: nonces, fees, receipts, replacement."""
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from contracts.artifacts import usdc_abi
+from contracts.deploy import encode_call
+from reconciliation.models import OperatorNonce, SentTransaction, TxPurpose, TxStatus
+from reconciliation.transactions import (
+    TransactionRejected,
+    escrow_call,
+    operator_account,
+    send_transaction,
+)
+
+pytestmark = [pytest.mark.chain]
+
+
+def mint_call(to: str, amount: int = 1) -> bytes:
+    """A harmless call anyone may make: MockUSDC.mint."""
+    return encode_call(usdc_abi(), "mint", [to, amount])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_sends_get_distinct_nonces_and_all_mine(chain_settings):
+    chain = chain_settings
+    operator = operator_account().address
+    start_nonce = chain.w3.eth.get_transaction_count(operator, "pending")
+    results, errors = [], []
+
+    def send(i):
+        try:
+            record = send_transaction(
+                purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, i + 1),
+                actor=f"test:thread-{i}", reason="concurrency test",
+            )
+            results.append(record.pk)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    records = list(SentTransaction.objects.filter(pk__in=results))
+    assert len(records) == 6
+    assert sorted(r.nonce for r in records) == list(range(start_nonce, start_nonce + 6))
+    assert {r.status for r in records} == {TxStatus.MINED}
+    for r in records:
+        receipt = chain.w3.eth.get_transaction_receipt(r.tx_hash)
+        assert receipt["status"] == 1 and receipt["blockNumber"] == r.block_number
+        assert r.gas_limit > r.gas_used  # estimate + margin
+        assert r.max_fee_per_gas >= r.max_priority_fee_per_gas > 0
+        assert r.actor.startswith("test:thread-") and r.reason == "concurrency test"
+    assert OperatorNonce.objects.get(address=operator).next_nonce == start_nonce + 6
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stuck_transaction_is_replaced_with_a_higher_fee_and_mined(chain_settings, settings):
+    chain = chain_settings
+    settings.TX_REPLACE_AFTER_SECONDS = 1.0
+    settings.TX_POLL_SECONDS = 0.05
+    operator = operator_account().address
+    outcome = {}
+
+    def send():
+        try:
+            outcome["record"] = send_transaction(
+                purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="stuck"
+            )
+        except Exception as exc:
+            outcome["error"] = exc
+        finally:
+            connection.close()
+
+    chain.rpc("evm_setAutomine", [False])  # nothing mines until we say so: the transaction is stuck
+    try:
+        sender = threading.Thread(target=send)
+        sender.start()
+        first = wait_for_row(lambda row: row.status == TxStatus.SUBMITTED)
+        assert first.replacements == 0
+        replaced = wait_for_row(lambda row: row.replacements >= 1)
+        chain.mine()
+        sender.join(30)
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    assert "error" not in outcome, outcome.get("error")
+    record = outcome["record"]
+    assert record.status == TxStatus.MINED
+    assert record.tx_hashes[0] == first.tx_hash and record.tx_hash == record.tx_hashes[-1] != first.tx_hash
+    assert len(record.tx_hashes) == record.replacements + 1
+    mined = chain.w3.eth.get_transaction(record.tx_hash)
+    assert mined["nonce"] == first.nonce == record.nonce
+    assert chain.w3.eth.get_transaction_receipt(record.tx_hash)["status"] == 1
+    # The replacement raised both fee caps by at least 12.5 % (nodes refuse less).
+    assert replaced.max_priority_fee_per_gas * 8 >= first.max_priority_fee_per_gas * 9
+    assert replaced.max_fee_per_gas * 8 >= first.max_fee_per_gas * 9
+    assert mined["maxFeePerGas"] == record.max_fee_per_gas
+
+
+def wait_for_row(condition, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = SentTransaction.objects.filter(reason="stuck").first()
+        if row is not None and condition(row):
+            return row
+        time.sleep(0.02)
+    pytest.fail("the transaction row never reached the expected state")
+
+
+@pytest.mark.django_db
+def test_a_call_that_would_revert_is_refused_before_any_nonce_is_used(chain_settings):
+    chain = chain_settings
+    operator = operator_account().address
+    before = chain.w3.eth.get_transaction_count(operator, "pending")
+    unknown = "0x" + "ab" * 32
+    with pytest.raises(TransactionRejected, match="BookingNotPaid") as caught:
+        send_transaction(
+            purpose=TxPurpose.EMERGENCY_CANCEL, data=escrow_call("emergencyCancelBooking", bytes.fromhex(unknown[2:]), "x"),
+            actor="test", reason="nothing to refund",
+        )
+    record = caught.value.record
+    assert record.status == TxStatus.FAILED and "BookingNotPaid" in record.error and record.nonce is None
+    assert chain.w3.eth.get_transaction_count(operator, "pending") == before
