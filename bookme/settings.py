@@ -30,7 +30,7 @@ ALLOWED_HOSTS = cfg.list("DJANGO_ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::
 CSRF_TRUSTED_ORIGINS = cfg.list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "bookme.apps.ConsoleAdminConfig",  # django.contrib.admin with the operators' console site
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -159,12 +159,23 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_ALWAYS_EAGER = cfg.bool("CELERY_TASK_ALWAYS_EAGER", False)
 CELERY_TIMEZONE = "UTC"
+# Threads rather than forked children: the tasks wait on RPC and PostgreSQL, and one process
+# keeps every prometheus counter in the one registry the worker serves on WORKER_METRICS_PORT
+# (forked children would count in registries nobody scrapes).
+CELERY_WORKER_POOL = cfg.str("CELERY_WORKER_POOL", "threads")
+# The worker's own /metrics (events processed, RPC errors, transactions sent happen there).
+# 0 = off; bin/run sets 9101.
+WORKER_METRICS_PORT = cfg.int("WORKER_METRICS_PORT", 0, minimum=0)
 SCAN_INTERVAL_SECONDS = cfg.float("SCAN_INTERVAL_SECONDS", 2.0, minimum=0.2)
 # Tasks are added to the schedule by the work that brings them.
 CELERY_BEAT_SCHEDULE: dict = {}
 CELERY_BEAT_SCHEDULE_FILENAME = str(STATE_DIR / "celerybeat-schedule")
 
 HEALTH_HEAD_MAX_AGE = timedelta(seconds=cfg.int("HEALTH_HEAD_MAX_AGE_SECONDS", 120, minimum=1))
+# Health of the chain sync: degraded when the scanner is more blocks behind the head than this,
+# or has not finished a scan for this long (the scan runs every SCAN_INTERVAL_SECONDS).
+HEALTH_SYNC_MAX_LAG_BLOCKS = cfg.int("HEALTH_SYNC_MAX_LAG_BLOCKS", 10, minimum=0)
+HEALTH_SYNC_MAX_SCAN_AGE = timedelta(seconds=cfg.int("HEALTH_SYNC_MAX_SCAN_AGE_SECONDS", 120, minimum=1))
 
 # --- Escrow API (issue 3) -------------------------------------------------------------------
 # Errors of the escrow domain (illegal transitions, conflicts, bad input, RPC outages) become
@@ -263,3 +274,55 @@ CELERY_BEAT_SCHEDULE["retry-failed-chain-events"] = {
     "options": {"expires": max(10.0, RETRY_FAILED_EVENTS_INTERVAL_SECONDS)},
 }
 # --- end Chain sync (issue 4)
+
+# --- Reconciliation, backend transactions, emergency pause (issue 5) ------------------------
+# Owned by reconciliation. See reconciliation/services.py and reconciliation/transactions.py.
+RECONCILE_INTERVAL_SECONDS = cfg.float("RECONCILE_INTERVAL_SECONDS", 180.0, minimum=5.0)
+# Booking ids per getBookings eth_call, and eth_calls per JSON-RPC batch (one HTTP round trip).
+RECONCILE_BATCH_SIZE = cfg.int("RECONCILE_BATCH_SIZE", 500, minimum=1)
+RECONCILE_CALLS_PER_REQUEST = cfg.int("RECONCILE_CALLS_PER_REQUEST", 10, minimum=1)
+# Finished bookings (COMPLETED, CANCELLED, EXPIRED, FAILED) are re-checked this long after their last change.
+RECONCILE_RECENT_SECONDS = cfg.int("RECONCILE_RECENT_SECONDS", 24 * 3600, minimum=0)
+# Booking ids per eth_getLogs topic OR-list when fetching the logs of bookings the chain is ahead on.
+RECONCILE_LOG_TOPIC_BATCH = cfg.int("RECONCILE_LOG_TOPIC_BATCH", 100, minimum=1)
+# Operator completion: PAID bookings this long after their scheduled time, not under dispute.
+AUTO_COMPLETE_AFTER_SECONDS = cfg.int("AUTO_COMPLETE_AFTER_SECONDS", 2 * 3600, minimum=0)
+AUTO_COMPLETE_INTERVAL_SECONDS = cfg.float("AUTO_COMPLETE_INTERVAL_SECONDS", 300.0, minimum=5.0)
+AUTO_COMPLETE_MAX_PER_RUN = cfg.int("AUTO_COMPLETE_MAX_PER_RUN", 50, minimum=1)
+# Orphans (paid on chain, unknown to the database): refunded automatically only if enabled,
+# and only once they are this old (time for a lagging database restore/replay to claim them).
+ORPHAN_AUTO_REFUND = cfg.bool("ORPHAN_AUTO_REFUND", False)
+ORPHAN_REFUND_GRACE_SECONDS = cfg.int("ORPHAN_REFUND_GRACE_SECONDS", 3600, minimum=0)
+ORPHAN_AUTO_REFUND_INTERVAL_SECONDS = cfg.float("ORPHAN_AUTO_REFUND_INTERVAL_SECONDS", 300.0, minimum=5.0)
+# Transactions of the operator account (reconciliation/transactions.py).
+TX_GAS_MARGIN_PERCENT = cfg.int("TX_GAS_MARGIN_PERCENT", 20, minimum=0)
+TX_FEE_HISTORY_BLOCKS = cfg.int("TX_FEE_HISTORY_BLOCKS", 10, minimum=1)
+TX_MIN_PRIORITY_FEE_WEI = cfg.int("TX_MIN_PRIORITY_FEE_WEI", 1_000_000, minimum=0)  # 0.001 gwei (Base)
+TX_MAX_FEE_PER_GAS_WEI = cfg.int("TX_MAX_FEE_PER_GAS_WEI", 500 * 10**9, minimum=1)
+TX_FEE_BUMP_PERCENT = cfg.float("TX_FEE_BUMP_PERCENT", 15.0, minimum=12.5)
+TX_REPLACE_AFTER_SECONDS = cfg.float("TX_REPLACE_AFTER_SECONDS", 30.0, minimum=0.1)
+TX_MAX_REPLACEMENTS = cfg.int("TX_MAX_REPLACEMENTS", 5, minimum=0)
+TX_RECEIPT_TIMEOUT_SECONDS = cfg.float("TX_RECEIPT_TIMEOUT_SECONDS", 180.0, minimum=1.0)
+TX_POLL_SECONDS = cfg.float("TX_POLL_SECONDS", 0.5, minimum=0.01)
+# Optional: unpause() is owner-only on chain. Set only where the backend may hold the owner key
+# (development, staging); in production the owner (a multisig) unpauses.
+CONTRACT_OWNER_PRIVATE_KEY = cfg.private_key("CONTRACT_OWNER_PRIVATE_KEY", None)
+# The contract's paused() view is cached this long (health checks call it on every request).
+CONTRACT_PAUSED_CACHE_SECONDS = cfg.int("CONTRACT_PAUSED_CACHE_SECONDS", 10, minimum=0)
+
+CELERY_BEAT_SCHEDULE["reconcile-bookings"] = {
+    "task": "reconciliation.reconcile_bookings",
+    "schedule": RECONCILE_INTERVAL_SECONDS,
+    "options": {"expires": RECONCILE_INTERVAL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["auto-complete-bookings"] = {
+    "task": "reconciliation.auto_complete_bookings",
+    "schedule": AUTO_COMPLETE_INTERVAL_SECONDS,
+    "options": {"expires": AUTO_COMPLETE_INTERVAL_SECONDS},
+}
+CELERY_BEAT_SCHEDULE["auto-refund-orphans"] = {
+    "task": "reconciliation.auto_refund_orphans",
+    "schedule": ORPHAN_AUTO_REFUND_INTERVAL_SECONDS,
+    "options": {"expires": ORPHAN_AUTO_REFUND_INTERVAL_SECONDS},
+}
+# --- end Reconciliation (issue 5)

@@ -25,7 +25,7 @@ def _wait_for(url: str, deadline: float) -> requests.Response | None:
 
 
 def test_bin_run_starts_chain_web_worker_and_beat(tmp_path):
-    web_port, chain_port = find_free_port(), find_free_port()
+    web_port, chain_port, worker_metrics_port = find_free_port(), find_free_port(), find_free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "CHAIN_", "ESCROW_", "USDC_"))}
     env.update(
         BOOKME_READ_ENV_FILES="1",  # the run command reads the chain.env that localchain writes
@@ -37,6 +37,7 @@ def test_bin_run_starts_chain_web_worker_and_beat(tmp_path):
         DJANGO_DEBUG="true",
         WEB_WORKERS="1",
         WORKER_CONCURRENCY="1",
+        WORKER_METRICS_PORT=str(worker_metrics_port),
     )
     log_path = tmp_path / "run.log"
     with open(log_path, "wb") as log:
@@ -71,6 +72,10 @@ def test_bin_run_starts_chain_web_worker_and_beat(tmp_path):
         assert "beat: Starting" in output, output[-3000:]
         assert "ready." in output, output[-3000:]  # the worker says "celery@host ready."
         assert f"http://127.0.0.1:{web_port}/admin/" in output  # it prints where to look
+        # The worker serves its own counters (the scans beat sends it run there).
+        worker_metrics = _wait_for(f"http://127.0.0.1:{worker_metrics_port}/metrics", time.monotonic() + 30)
+        assert worker_metrics is not None and worker_metrics.status_code == 200
+        assert "bookme_chain_" in worker_metrics.text
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
