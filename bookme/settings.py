@@ -79,6 +79,12 @@ TEMPLATES = [
 DATABASES = {"default": cfg.db_url("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/bookme")}
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_MAX_AGE", cfg.int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
+# psycopg prepares a statement only where the code asks (execute(..., prepare=True) on the hot
+# paths, see bookme/db.py; Django's own queries bind client-side and are never prepared). Behind
+# a transaction-mode pooler (PgBouncer) set DATABASE_PREPARED_STATEMENTS=false: None disables them.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    2**31 - 1 if cfg.bool("DATABASE_PREPARED_STATEMENTS", True) else None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = cfg.str("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -38,7 +38,7 @@ from eth_utils import keccak, to_checksum_address
 from .addresses import ZERO_ADDRESS
 from .models import Booking, SignatureKind, SignatureNonce
 from .money import CancellationSplit
-from .prepared import PreparedStatement
+from bookme.db import server_binding_cursor
 
 # Created by migration 0003_signature_nonce_sequence.
 NONCE_SEQUENCE = "escrow_signature_nonce_seq"
@@ -211,7 +211,7 @@ def allocate_nonce() -> int:
 
 # -- the SignatureNonce row ------------------------------------------------------------------
 @functools.cache
-def _signature_nonce_insert() -> tuple[list, PreparedStatement]:
+def _signature_nonce_insert() -> tuple[list, str]:
     quote = connection.ops.quote_name
     meta = SignatureNonce._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
@@ -219,7 +219,7 @@ def _signature_nonce_insert() -> tuple[list, PreparedStatement]:
         f"INSERT INTO {quote(meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
         f"VALUES ({', '.join(['%s'] * len(fields))}) RETURNING {quote(meta.pk.column)}"
     )
-    return fields, PreparedStatement("signature_nonce_insert", sql)
+    return fields, sql
 
 
 def _insert_signature_nonce(record: SignatureNonce) -> None:
@@ -227,11 +227,11 @@ def _insert_signature_nonce(record: SignatureNonce) -> None:
     SQL compilation and PostgreSQL's parsing cost more than the insert. Values are prepared by
     each field as save() does (pre_save: auto_now_add; get_db_prep_save) and the save signals are
     sent as save() sends them."""
-    fields, statement = _signature_nonce_insert()
+    fields, sql = _signature_nonce_insert()
     signals.pre_save.send(sender=SignatureNonce, instance=record, raw=False, using=connection.alias, update_fields=None)
     params = [f.get_db_prep_save(f.pre_save(record, True), connection) for f in fields]
-    with connection.cursor() as cursor:
-        statement.execute(cursor, params)
+    with server_binding_cursor() as cursor:
+        cursor.execute(sql, params, prepare=True)
         record.pk = cursor.fetchone()[0]
     record._state.adding = False
     record._state.db = connection.alias

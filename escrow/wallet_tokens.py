@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from .models import Booking, WalletToken
-from .prepared import PreparedStatement
+from bookme.db import server_binding_cursor
 
 # Longer than any token we issue (43 characters); anything longer is refused without a query.
 MAX_TOKEN_LENGTH = 128
@@ -49,7 +49,7 @@ def issue_wallet_token(address: str, *, now: datetime | None = None) -> IssuedTo
 # Written as SQL (built once per process from the models' metadata) rather than as ORM querysets:
 # compiling a queryset costs several times more CPU than PostgreSQL spends answering it, and on
 # the booking routes the token and the booking come back in one round trip (a LEFT JOIN), as a
-# prepared statement (escrow.prepared: planning the join costs more than running it). Rows
+# prepared statement (bookme.db: planning the join costs more than running it). Rows
 # become model instances the ORM's way (each field's database converters, then Model.from_db).
 _TOKEN_FIELDS = ("id", "address", "expires_at")  # what request.auth carries, like .only() would
 
@@ -59,7 +59,7 @@ def _column(model, field_name: str) -> str:
 
 
 @cache
-def _token_statement(with_booking: bool) -> PreparedStatement:
+def _token_statement(with_booking: bool) -> str:
     token_table = connection.ops.quote_name(WalletToken._meta.db_table)
     selected = [f"t.{_column(WalletToken, name)}" for name in _TOKEN_FIELDS]
     join = ""
@@ -77,7 +77,7 @@ def _token_statement(with_booking: bool) -> PreparedStatement:
         f"WHERE t.{_column(WalletToken, 'token_hash')} = %s AND t.{_column(WalletToken, 'revoked_at')} IS NULL "
         f"AND t.{_column(WalletToken, 'expires_at')} > %s"
     )
-    return PreparedStatement("wallet_token_booking" if with_booking else "wallet_token", sql)
+    return sql
 
 
 @cache
@@ -107,8 +107,8 @@ def resolve_wallet_token_with_booking(
     params = [hash_token(token), now or timezone.now()]
     if with_booking:
         params.insert(0, booking_uuid)
-    with connection.cursor() as cursor:
-        _token_statement(with_booking).execute(cursor, params)
+    with server_binding_cursor() as cursor:
+        cursor.execute(_token_statement(with_booking), params, prepare=True)
         row = cursor.fetchone()
     if row is None:
         return None, None

@@ -17,7 +17,6 @@ from redis.client import Redis
 
 from escrow.authentication import WalletPrincipal
 from escrow.models import Booking, BookingStatus, SignatureNonce, StatusSource
-from escrow.prepared import PreparedStatement
 from escrow.serializers import PaymentAuthorizationSerializer, payment_authorization_body
 from escrow.services import issue_payment_authorization
 from escrow.state import transition
@@ -140,20 +139,23 @@ def test_authorize_payment_costs_two_statements(clients, customer, provider, mak
     booking = make_booking(customer, provider)
     url = f"/api/bookings/{booking.uuid}/authorize-payment/"
     assert clients["customer"].post(url, format="json").status_code == 200  # prepares, may fetch a nonce block
+    before = _prepared_statements()
     with CaptureQueriesContext(connection) as queries:
         response = clients["customer"].post(url, format="json")
     assert response.status_code == 200
-    statements = [q["sql"] for q in queries.captured_queries if "nextval" not in q["sql"]]  # 1 in 32: a nonce block
-    assert len(statements) == 2, statements
-    assert statements[0].startswith("EXECUTE bookme_wallet_token_booking_")
-    assert statements[1].startswith("EXECUTE bookme_signature_nonce_insert_")
+    # Nothing through the ORM but, 1 time in 32, a nonce block; the token + booking read and the
+    # SignatureNonce insert run as statements prepared on the first request.
+    assert [q["sql"] for q in queries.captured_queries if "nextval" not in q["sql"]] == []
+    assert _prepared_statements() == before
+    assert any("escrow_wallettoken" in sql and "escrow_booking" in sql for sql in before), before
+    assert any(sql.startswith("INSERT INTO \"escrow_signaturenonce\"") for sql in before)
     assert SignatureNonce.objects.filter(booking=booking).count() == 2
 
 
 # -- prepared statements --------------------------------------------------------------------------
-def _prepared_names() -> set[str]:
+def _prepared_statements() -> set[str]:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT name FROM pg_prepared_statements")
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
         return {row[0] for row in cursor.fetchall()}
 
 
@@ -162,40 +164,21 @@ def test_statements_are_prepared_again_on_a_new_connection(customer, provider, m
     booking = make_booking(customer, provider)
     token = issue_wallet_token(customer.address).token
     assert resolve_wallet_token_with_booking(token, booking.uuid)[1] == booking
-    assert any(name.startswith("bookme_wallet_token_booking_") for name in _prepared_names())
+    assert any("escrow_wallettoken" in sql for sql in _prepared_statements())
     connection.close()  # a new database session knows no prepared statements
     assert resolve_wallet_token_with_booking(token, booking.uuid)[1] == booking
-    assert any(name.startswith("bookme_wallet_token_booking_") for name in _prepared_names())
+    assert any("escrow_wallettoken" in sql for sql in _prepared_statements())
 
 
-@pytestmark_db
-def test_a_prepared_statement_survives_a_rolled_back_transaction():
-    statement = PreparedStatement("test_rollback", "SELECT %s::int + 1")
-    with pytest.raises(RuntimeError):
-        with transaction.atomic():
-            with connection.cursor() as cursor:
-                statement.execute(cursor, [1])
-                assert cursor.fetchone() == (2,)
-            raise RuntimeError("roll back")
-    with connection.cursor() as cursor:
-        statement.execute(cursor, [41])
-        assert cursor.fetchone() == (42,)
-
-
-@pytestmark_db
-def test_behind_a_transaction_pooler_the_text_is_sent(monkeypatch):
-    monkeypatch.setitem(connection.settings_dict, "DISABLE_SERVER_SIDE_CURSORS", True)
-    statement = PreparedStatement("test_pooler", "SELECT %s::int * 2")
-    with CaptureQueriesContext(connection) as queries, connection.cursor() as cursor:
-        statement.execute(cursor, [21])
-        assert cursor.fetchone() == (42,)
-    [sent] = [q["sql"] for q in queries.captured_queries]
-    assert sent.startswith("SELECT") and "PREPARE" not in sent
-
-
-def test_only_placeholders_may_carry_a_percent_sign():
-    with pytest.raises(ValueError):
-        PreparedStatement("bad", "SELECT 1 WHERE 'a' LIKE '%x' AND 1 = %s")
+@pytest.mark.django_db(transaction=True)
+def test_behind_a_transaction_pooler_nothing_is_prepared(monkeypatch, customer, provider, make_booking):
+    # What DATABASE_PREPARED_STATEMENTS=false configures (settings.DATABASES).
+    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {**connection.settings_dict["OPTIONS"], "prepare_threshold": None})
+    connection.close()
+    booking = make_booking(customer, provider)
+    token = issue_wallet_token(customer.address).token
+    assert resolve_wallet_token_with_booking(token, booking.uuid)[1] == booking
+    assert _prepared_statements() == set()
 
 
 # -- the response body ----------------------------------------------------------------------------
