@@ -14,7 +14,7 @@ from chain_events.rpc import get_rpc_client
 from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
 
 from .conftest import scan
-from .rpc_proxy import RpcProxy
+from tests.rpc_proxy import RpcProxy
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db]
 
@@ -168,7 +168,7 @@ def test_primary_rpc_answering_garbage_fails_over(flow, settings, mode):
 
 
 def test_range_refused_by_provider_uses_its_suggested_range(flow, settings):
-    with RpcProxy(flow.chain.url, mode="range-limit", max_log_blocks=3) as proxy:
+    with RpcProxy(flow.chain.url, max_log_blocks=3) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
         bookings = [flow.paid_booking(customer=i % 6)[0] for i in range(6)]
         report = scan()

@@ -15,7 +15,7 @@ from escrow.state import transition
 from reconciliation.models import FlagKind, ReconciliationFlag, ReconciliationReport, ReportStatus
 from reconciliation.services import read_chain_bookings, reconcile_booking, reconcile_bookings, resolve_flag
 
-from .rpc_proxy import FailingRpcProxy
+from tests.rpc_proxy import RpcProxy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.chain]
 S = BookingStatus
@@ -109,7 +109,7 @@ def test_rpc_down_mid_run_counts_errors_and_applies_nothing(chain_settings, sett
     database_only = make_booking()
     force_status(database_only, S.PAID)
     settings.RPC_RETRIES = 0
-    with FailingRpcProxy(chain_settings.url) as proxy:
+    with RpcProxy(chain_settings.url) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
         proxy.failing_methods = {"eth_getLogs"}  # state reads work, the log fetch fails
         report = reconcile_bookings(trigger="test")

@@ -1,0 +1,78 @@
+"""A tiny local JSON-RPC endpoint for failure tests, in front of (or instead of) anvil.
+
+Modes: "garbage" answers well-formed JSON-RPC with nonsense results (a broken load balancer);
+"not-json" answers an HTML error page; "forward" passes every call to the upstream node,
+except that eth_getLogs wider than `max_log_blocks` is refused the way hosted providers do
+(with a suggested range) and any method in `failing_methods` gets an HTTP 503 (the node
+going away in the middle of a run). `seen` lists the methods asked, `requests` counts posts.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import requests
+
+
+class RpcProxy:
+    def __init__(self, upstream: str | None = None, *, mode: str = "forward", max_log_blocks: int | None = None):
+        self.upstream = upstream
+        self.mode = mode
+        self.max_log_blocks = max_log_blocks
+        self.failing_methods: set[str] = set()
+        self.seen: list[str] = []
+        self.requests = 0
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):  # noqa: N802 (http.server naming)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy.requests += 1
+                status, payload = proxy.answer(body)
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+    def answer(self, body: bytes) -> tuple[int, bytes]:
+        if self.mode == "not-json":
+            return 200, b"<html>502 upstream hiccup</html>"
+        request = json.loads(body)
+        items = request if isinstance(request, list) else [request]
+        self.seen.extend(item["method"] for item in items)
+        if self.mode == "garbage":
+            out = [{"jsonrpc": "2.0", "id": item["id"], "result": "0xdeadbeef"} for item in items]
+            return 200, json.dumps(out if isinstance(request, list) else out[0]).encode()
+        if self.failing_methods.intersection(item["method"] for item in items):
+            return 503, b""
+        out = []
+        for item in items:
+            if item["method"] == "eth_getLogs" and self.max_log_blocks is not None:
+                params = item["params"][0]
+                start, end = int(params["fromBlock"], 16), int(params["toBlock"], 16)
+                if end - start + 1 > self.max_log_blocks:
+                    out.append({"jsonrpc": "2.0", "id": item["id"], "error": {
+                        "code": -32602,
+                        "message": "query returned more than 10000 results. Try with this block range "
+                                   f"[{hex(start)}, {hex(start + self.max_log_blocks - 1)}].",
+                    }})
+                    continue
+            out.append(requests.post(self.upstream, json=item, timeout=30).json())
+        return 200, json.dumps(out if isinstance(request, list) else out[0]).encode()
