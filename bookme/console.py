@@ -45,11 +45,9 @@ def actor_of(request) -> str:
 
 
 # -- read-only model admins with operator actions ----------------------------------------------
-class ConsoleModelAdmin(admin.ModelAdmin):
-    """Read-only for all staff; actions declared with `permissions=["operate"]` for operators only."""
-
-    def has_module_permission(self, request):
-        return request.user.is_active and request.user.is_staff
+class StaffReadOnly:
+    """Every active staff user may look; nobody adds, edits or deletes through forms (every change
+    goes through an action that calls a service)."""
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_active and request.user.is_staff
@@ -62,6 +60,13 @@ class ConsoleModelAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+class ConsoleModelAdmin(StaffReadOnly, admin.ModelAdmin):
+    """Read-only for all staff; actions declared with `permissions=["operate"]` for operators only."""
+
+    def has_module_permission(self, request):
+        return request.user.is_active and request.user.is_staff
 
     def has_operate_permission(self, request):
         return is_operator(request.user)
@@ -74,25 +79,13 @@ class ConsoleModelAdmin(admin.ModelAdmin):
         return super().changelist_view(request, extra_context)
 
 
-class ConsoleInline(admin.TabularInline):
+class ConsoleInline(StaffReadOnly, admin.TabularInline):
     """A read-only inline (history, events, signatures, fees shown beside a booking)."""
 
     extra = 0
     max_num = 0
     can_delete = False
     show_change_link = True
-
-    def has_view_permission(self, request, obj=None):
-        return request.user.is_active and request.user.is_staff
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class ReasonForm(forms.Form):
