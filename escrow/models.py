@@ -106,7 +106,8 @@ class SignatureKind(models.TextChoices):
 
 class SignatureNonce(models.Model):
     nonce = Uint256Field(unique=True)
-    booking = models.ForeignKey(Booking, on_delete=models.PROTECT, related_name="signatures")
+    # No index of its own: (booking, kind, expires_at) below serves every lookup by booking.
+    booking = models.ForeignKey(Booking, on_delete=models.PROTECT, related_name="signatures", db_index=False)
     kind = models.CharField(max_length=20, choices=SignatureKind.choices)
     expires_at = models.DateTimeField(db_index=True)
     digest = models.CharField(max_length=66, help_text="EIP-712 digest that was signed")
