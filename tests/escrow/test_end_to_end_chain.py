@@ -16,9 +16,8 @@ import pytest
 from django.utils import timezone
 
 from contracts.artifacts import decode_revert
-from escrow.models import Booking, BookingStatus, SignatureKind, SignatureNonce, StatusSource
+from escrow.models import Booking, SignatureKind, SignatureNonce
 from escrow.services import expire_unused_authorizations
-from escrow.state import transition
 from tests.chain_harness import booking_auth_tuple, cancellation_auth_tuple
 
 from .helpers import sign_in
@@ -58,10 +57,12 @@ def _cancel(chain, authorization: dict):
     )
 
 
-def _apply_chain_status(booking_uuid: str, status: str, receipt) -> None:
-    """A chain-sourced transition, as chain sync records it for a mined escrow event."""
-    booking = Booking.objects.get(uuid=booking_uuid)
-    transition(booking, status, source=StatusSource.CHAIN, tx_hash="0x" + receipt["transactionHash"].hex().removeprefix("0x"))
+def _submit(api, base: str, receipt) -> dict:
+    """The client hands the mined transaction to the API (the chain-sync fast path applies it)."""
+    tx_hash = "0x" + receipt["transactionHash"].hex().removeprefix("0x")
+    response = api.post(base + "submit-transaction/", {"tx_hash": tx_hash}, format="json")
+    assert response.status_code == 200, response.content
+    return response.json()
 
 
 def _balances(chain, **accounts) -> dict[str, int]:
@@ -133,9 +134,8 @@ def test_pay_replay_expiry_and_cancellation_through_the_api_and_the_contract(cha
     )
     assert chain.usdc_balance(chain.escrow) == after["escrow"]
 
-    # -- the chain's word moves the booking to PAID (chain sync's job, issue 4: scanner or the
-    # submit-transaction fast path, each with its own tests; applied here the way they apply it).
-    _apply_chain_status(booking["id"], BookingStatus.PAID, receipt)
+    # -- the chain's word moves the booking to PAID: the wallet submits its transaction ------------
+    assert _submit(api, base, receipt)["booking_status"] == "PAID"
     assert api.get(base).json()["status"] == "PAID"
 
     # Paid: the API refuses to sign another payment authorization, and signs nothing.
@@ -167,7 +167,7 @@ def test_pay_replay_expiry_and_cancellation_through_the_api_and_the_contract(cha
     assert {k: after[k] - before[k] for k in expected} == expected
     assert before["escrow"] - after["escrow"] == 100_500_000
 
-    _apply_chain_status(booking["id"], BookingStatus.CANCELLED, receipt)
+    assert _submit(api, base, receipt)["booking_status"] == "CANCELLED"
     final = api.get(base).json()
     assert final["status"] == "CANCELLED"
     assert [change["to_status"] for change in final["status_history"]] == [
