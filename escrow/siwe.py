@@ -220,7 +220,10 @@ def _check_terms(message: SiweMessage, now: datetime) -> None:
         raise _bad(f"domain {message.domain!r} is not this service")
     if message.scheme is not None and message.scheme.lower() not in ("http", "https"):
         raise _bad("scheme must be http or https")
-    uri = urlsplit(message.uri)
+    try:
+        uri = urlsplit(message.uri)
+    except ValueError:  # e.g. an unbalanced [ ] host, which the URI grammar lets through
+        raise _bad("URI is not a valid URI") from None
     if uri.scheme.lower() not in ("http", "https") or uri.netloc.lower() != message.domain.lower():
         raise _bad("URI must be an http(s) URI on the message's domain")
     if message.chain_id != settings.CHAIN_ID:

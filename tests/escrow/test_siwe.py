@@ -58,6 +58,8 @@ def _expired(_):
 MESSAGE_CASES = [
     ("wrong-domain", lambda c: {"domain": "evil.example"}, "is not this service"),
     ("uri-on-another-host", lambda c: {"uri": "https://evil.example/login"}, "URI must be"),
+    ("uri-unbalanced-bracket", lambda c: {"uri": "http://[localhost:8000/"}, "not a valid URI"),
+    ("uri-stray-bracket", lambda c: {"uri": "http://localhost:8000]/"}, "not a valid URI"),
     ("wrong-chain-id", lambda c: {"chain_id": 1}, "Chain ID must be 31337"),
     ("expired-message", _expired, "expired"),
     ("issued-long-ago", lambda c: {"issued_at": timezone.now() - timedelta(hours=2)}, "too old"),
