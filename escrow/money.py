@@ -5,6 +5,7 @@ stored as NUMERIC(78,0) (see `escrow.fields.Uint256Field`).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
@@ -18,6 +19,9 @@ MAX_INVITER_FEE_RATE = 1_000
 
 class AmountError(ValueError):
     """The amount is not a valid USDC amount; the message says why."""
+
+
+_PLAIN_DECIMAL = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 
 
 def parse_amount(value) -> int:
@@ -35,12 +39,14 @@ def parse_amount(value) -> int:
         text = value.strip()
         if not text or len(text) > 100:
             raise AmountError("must be a decimal string like \"100.50\" or an integer number of base units")
+        # ASCII digits only: Decimal() alone would also take "1_000", exponents, "+5", "NaN"
+        # and other scripts' digits.
+        if not _PLAIN_DECIMAL.fullmatch(text):
+            raise AmountError("must be written as plain digits with an optional decimal point")
         try:
             number = Decimal(text)
         except InvalidOperation:
             raise AmountError("is not a decimal number") from None
-        if not number.is_finite() or "e" in text.lower() or text.startswith("+"):
-            raise AmountError("must be written as plain digits with an optional decimal point")
         sign, digits, exponent = number.as_tuple()
         if exponent < -USDC_DECIMALS:
             raise AmountError(f"has more than {USDC_DECIMALS} decimal places")
