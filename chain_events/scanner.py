@@ -654,6 +654,9 @@ def _roll_back_reorg(client, target: _Target, cursor: SyncCursor, head: int, rep
             outcome = handlers.apply_events(
                 chain_id=target.chain_id, contract=target.contract, touched={cid: [] for cid in removed},
                 actor=f"{actor}:reorg", now=now,
+                # No event is left to mark FAILED for a booking whose rebuild fails: abort the
+                # whole rollback (the next pass tries again) rather than keep its stale money state.
+                strict=True,
             )
             report.bookings += outcome.bookings
         BlockHash.objects.filter(cursor=cursor, number__gt=number).delete()

@@ -317,3 +317,28 @@ def test_a_scan_waiting_for_the_lock_takes_over_when_the_holder_ends(flow):
         assert not report.skipped and report.head is not None
     finally:
         holder.close()
+
+
+def test_a_reorg_rollback_that_cannot_rebuild_a_booking_leaves_everything_for_the_next_pass(flow):
+    """No event is left to mark FAILED for a booking whose rebuild fails during a rollback, so
+    the rollback is all or nothing: the booking never keeps money the chain no longer shows."""
+    chain = flow.chain
+    booking, _ = flow.paid_booking()
+    scan()
+    cursor_before = SyncCursor.objects.get().last_block
+    chain.rpc("anvil_reorg", [1, []])
+    _break_booking_updates(booking.pk)
+    try:
+        with pytest.raises(DatabaseError):
+            scanner.scan_chain()
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID
+        assert ChainEvent.objects.get().status == EventStatus.PROCESSED
+        assert SyncCursor.objects.get().last_block == cursor_before
+    finally:
+        _repair_booking_updates()
+    report = scan()
+    assert report.reorgs == [1]
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT
+    assert ChainEvent.objects.get().status == EventStatus.REMOVED
