@@ -202,17 +202,19 @@ def _choose_nonce(row: OperatorNonce, node_pending: int, record: SentTransaction
 
 def _submit(client: RpcClient, account, record: SentTransaction) -> None:
     """Take a nonce (row lock), sign, broadcast, and store it: all or nothing for the nonce row."""
+    floor = 0  # after "nonce too low": never offer that nonce again, whatever a lagging node says
     for attempt in range(2):
         with transaction.atomic():
             row = _lock_nonce_row(record.chain_id, record.from_address)
             node_pending = int(client.call("eth_getTransactionCount", [record.from_address, "pending"]), 16)
-            nonce = _choose_nonce(row, node_pending, record)
+            nonce = max(_choose_nonce(row, node_pending, record), floor)
             raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
             try:
                 _broadcast(client, raw)
             except RpcResponseError as exc:
                 if attempt == 0 and _error_says(exc, "nonce too low", "nonce is too low", "already been used"):
-                    row.next_nonce = node_pending + 1  # someone else used it: resync and try the next one
+                    floor = nonce + 1  # someone else used it: try the next one
+                    row.next_nonce = max(row.next_nonce, floor)
                     row.save(update_fields=["next_nonce", "updated_at"])
                     continue
                 raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
@@ -330,10 +332,13 @@ def _replace(client: RpcClient, account, record: SentTransaction) -> None:
         _broadcast(client, raw)
         return
     raw, tx_hash = _sign(account, record, record.nonce, max_fee, priority)
+    # Known before it is sent: if the broadcast's answer is lost but the node took it (and it is
+    # the one mined), the receipt lookup still finds it among our hashes.
+    record.tx_hashes = [*record.tx_hashes, tx_hash]
+    record.save(update_fields=["tx_hashes", "updated_at"])
     _broadcast(client, raw)
     record.max_fee_per_gas, record.max_priority_fee_per_gas = max_fee, priority
     record.tx_hash = tx_hash
-    record.tx_hashes = [*record.tx_hashes, tx_hash]
     record.replacements += 1
     record.save(update_fields=[
         "max_fee_per_gas", "max_priority_fee_per_gas", "tx_hash", "tx_hashes", "replacements", "updated_at",
