@@ -326,6 +326,12 @@ CELERY_BEAT_SCHEDULE["auto-complete-bookings"] = {
     "schedule": AUTO_COMPLETE_INTERVAL_SECONDS,
     "options": {"expires": AUTO_COMPLETE_INTERVAL_SECONDS},
 }
+# Operator transactions whose receipt wait ended without an outcome get one (mined, replaced, dropped).
+CELERY_BEAT_SCHEDULE["settle-stale-transactions"] = {
+    "task": "reconciliation.settle_stale_transactions",
+    "schedule": 60.0,
+    "options": {"expires": 60.0},
+}
 CELERY_BEAT_SCHEDULE["auto-refund-orphans"] = {
     "task": "reconciliation.auto_refund_orphans",
     "schedule": ORPHAN_AUTO_REFUND_INTERVAL_SECONDS,

@@ -16,7 +16,7 @@ from django.core.cache import cache
 
 from chain_events.rpc import RpcError
 
-from . import services
+from . import services, transactions
 
 log = logging.getLogger(__name__)
 
@@ -60,3 +60,15 @@ def auto_refund_orphans() -> dict:
         if not acquired:
             return {"skipped": True}
         return services.auto_refund_orphans()
+
+
+@shared_task(name="reconciliation.settle_stale_transactions", acks_late=True, ignore_result=True)
+def settle_stale_transactions() -> dict:
+    with single_flight("settle-transactions", 300) as acquired:
+        if not acquired:
+            return {"skipped": True}
+        try:
+            return transactions.settle_stale_transactions()
+        except RpcError as exc:
+            log.warning("settling operator transactions stopped: RPC unavailable: %s", exc)
+            return {"error": str(exc)[:300]}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -301,6 +302,37 @@ def refresh_transaction(record: SentTransaction, client: RpcClient | None = None
             _record_receipt(record, tx_hash, receipt)
             return True
     return False
+
+
+def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> dict[str, int]:
+    """Beat: rows nobody is waiting on any more (receipt wait timed out, worker killed) get an
+    outcome, so they stop counting as outstanding and the operator's nonces never stay blocked.
+
+    - PREPARING longer than the receipt timeout: never broadcast (nonce not taken) → FAILED;
+    - SUBMITTED longer than the receipt timeout: a receipt for any of its hashes → MINED or
+      REVERTED; the account's mined count passed its nonce with none of ours mined → FAILED (the
+      nonce went to another transaction); the node knows none of its hashes and the nonce is
+      still unused → FAILED (dropped from the pool; the next send takes that nonce again);
+      otherwise it is still pending and stays SUBMITTED.
+    """
+    client = client or get_rpc_client()
+    cutoff = (now or timezone.now()) - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS)
+    settled = {"mined": 0, "failed": 0, "pending": 0}
+    for record in SentTransaction.objects.filter(status=TxStatus.PREPARING, created_at__lt=cutoff):
+        _fail(record, "never broadcast (the sending process stopped before it)")
+        settled["failed"] += 1
+    for record in SentTransaction.objects.filter(status=TxStatus.SUBMITTED, submitted_at__lt=cutoff):
+        if refresh_transaction(record, client):
+            settled["mined"] += 1
+        elif int(client.call("eth_getTransactionCount", [record.from_address, "latest"]), 16) > record.nonce:
+            _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
+            settled["failed"] += 1
+        elif not any(client.batch([("eth_getTransactionByHash", [h]) for h in record.tx_hashes or [record.tx_hash]])):
+            _fail(record, "dropped by the node before it was mined")
+            settled["failed"] += 1
+        else:
+            settled["pending"] += 1
+    return settled
 
 
 def _record_receipt(record: SentTransaction, tx_hash: str, receipt: dict) -> None:

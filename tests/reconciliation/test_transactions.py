@@ -130,3 +130,43 @@ def test_a_call_that_would_revert_is_refused_before_any_nonce_is_used(chain_sett
     record = caught.value.record
     assert record.status == TxStatus.FAILED and "BookingNotPaid" in record.error and record.nonce is None
     assert chain.w3.eth.get_transaction_count(operator, "pending") == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stale_rows_get_an_outcome_and_a_dropped_nonce_is_used_again(chain_settings, settings):
+    """A send nobody waits on any more (timeout, killed worker) must not block the operator's
+    later sends: the beat job settles it, and a nonce the node dropped is handed out again."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reconciliation.transactions import settle_stale_transactions
+
+    chain = chain_settings
+    operator = operator_account().address
+    mined = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+    free_nonce = chain.w3.eth.get_transaction_count(operator, "pending")
+    old = timezone.now() - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
+
+    def stale(**fields):
+        return SentTransaction.objects.create(
+            purpose=TxPurpose.OTHER, chain_id=chain.chain_id, from_address=operator, to_address=chain.usdc,
+            data="0x", actor="test", reason="t", **fields,
+        )
+
+    # A row whose receipt wait was cut short although it was mined.
+    SentTransaction.objects.filter(pk=mined.pk).update(status=TxStatus.SUBMITTED, submitted_at=old)
+    dropped = stale(status=TxStatus.SUBMITTED, nonce=free_nonce, tx_hash="0x" + "ab" * 32,
+                    tx_hashes=["0x" + "ab" * 32], submitted_at=old)
+    never_sent = stale(status=TxStatus.PREPARING)
+    SentTransaction.objects.filter(pk=never_sent.pk).update(created_at=old)
+    OperatorNonce.objects.filter(address=operator).update(next_nonce=free_nonce + 1)
+
+    assert settle_stale_transactions() == {"mined": 1, "failed": 2, "pending": 0}
+    assert SentTransaction.objects.get(pk=mined.pk).status == TxStatus.MINED
+    assert SentTransaction.objects.get(pk=dropped.pk).status == TxStatus.FAILED
+    assert SentTransaction.objects.get(pk=never_sent.pk).status == TxStatus.FAILED
+
+    # Nothing outstanding any more: the next send takes the dropped nonce and is mined.
+    after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test", reason="t")
+    assert after.nonce == free_nonce and after.status == TxStatus.MINED
