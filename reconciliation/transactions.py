@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from datetime import timedelta
+from fractions import Fraction
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -96,7 +97,9 @@ def escrow_call(function_name: str, *args) -> bytes:
 
 # -- fees and gas -------------------------------------------------------------------------------
 def _percent_up(value: int, percent: float) -> int:
-    return math.ceil(value * (100 + percent) / 100)
+    """`value` (wei, gas) raised by `percent`, rounded up, in exact arithmetic: a float product
+    would lose wei above 2**53."""
+    return math.ceil(Fraction(value) * (100 + Fraction(str(percent))) / 100)
 
 
 def market_fees(fee_history: dict) -> tuple[int, int]:
