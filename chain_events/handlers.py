@@ -20,7 +20,6 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -87,24 +86,26 @@ def apply_booking_paid(state: ChainState, event: DecodedLog) -> None:
     state.payment = event
 
 
-def apply_service_completed(state: ChainState, event: DecodedLog) -> None:
+def _money_leaves(state: ChainState, event: DecodedLog, status: str) -> bool:
+    """Completion or cancellation: the escrowed money leaves, only ever once per booking.
+    False when the event is ignored (the booking already finished)."""
     if state.status in (COMPLETED, CANCELLED):
-        state.anomalies.append(f"ServiceCompleted in tx {event.tx_hash} after {state.status} ignored")
-        return
+        state.anomalies.append(f"{event.event_name} in tx {event.tx_hash} after {state.status} ignored")
+        return False
     if state.status == NONE:
-        state.anomalies.append(f"ServiceCompleted in tx {event.tx_hash} without a known payment")
-    state.status = COMPLETED
-    state.completion = event
+        state.anomalies.append(f"{event.event_name} in tx {event.tx_hash} without a known payment")
+    state.status = status
+    return True
+
+
+def apply_service_completed(state: ChainState, event: DecodedLog) -> None:
+    if _money_leaves(state, event, COMPLETED):
+        state.completion = event
 
 
 def apply_booking_cancelled(state: ChainState, event: DecodedLog) -> None:
-    if state.status in (COMPLETED, CANCELLED):
-        state.anomalies.append(f"BookingCancelled in tx {event.tx_hash} after {state.status} ignored")
-        return
-    if state.status == NONE:
-        state.anomalies.append(f"BookingCancelled in tx {event.tx_hash} without a known payment")
-    state.status = CANCELLED
-    state.cancellation = event
+    if _money_leaves(state, event, CANCELLED):
+        state.cancellation = event
 
 
 HANDLERS = {

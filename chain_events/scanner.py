@@ -52,6 +52,8 @@ from django.db import connection, transaction
 from django.utils import timezone
 from eth_hash.auto import keccak
 
+from bookme.db import server_binding_cursor
+
 from . import handlers, metrics, store
 from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, LogDecodeError, decode_log
 from .models import BlockHash, ChainEvent, EventSource, EventStatus, SyncCursor
@@ -76,20 +78,37 @@ __all__ = [
 
 
 # -- reports --------------------------------------------------------------------------------
-@dataclass
-class ScanReport:
-    skipped: bool = False  # another scan held the lock
-    halted: bool = False  # the cursor is halted (deep reorg): staff must rewind it
-    head: int | None = None
-    cursor: int | None = None
+@dataclass(kw_only=True)
+class RangeTotals:
+    """What scanned or replayed ranges added up to."""
+
     ranges: int = 0
     logs: int = 0  # our contract's booking events seen
-    inserted: int = 0  # rows this scan stored (or revived)
+    inserted: int = 0  # rows stored (or revived)
+    removed: int = 0  # events marked REMOVED (reorgs, stale fast-path rows)
     bookings: int = 0  # bookings applied
     orphans: int = 0
     failed_events: int = 0
     dead_letters: int = 0
-    removed: int = 0  # events marked REMOVED (reorgs, stale fast-path rows)
+
+    def count(self, outcome: LogsOutcome) -> None:
+        """Add one range's outcome to the totals."""
+        self.ranges += 1
+        self.logs += outcome.logs
+        self.inserted += outcome.inserted
+        self.removed += outcome.removed
+        self.bookings += outcome.bookings
+        self.orphans += outcome.orphans
+        self.failed_events += outcome.failed_events
+        self.dead_letters += outcome.dead_letters
+
+
+@dataclass(kw_only=True)
+class ScanReport(RangeTotals):
+    skipped: bool = False  # another scan held the lock
+    halted: bool = False  # the cursor is halted (deep reorg): staff must rewind it
+    head: int | None = None
+    cursor: int | None = None
     reorgs: list[int] = field(default_factory=list)  # depth of each rolled back reorg
     range_shrinks: int = 0
     # Smallest range refused in this run: ranges grow back only below it (no refuse/grow flapping).
@@ -119,17 +138,10 @@ class LogsOutcome:
             self.dead_letters += apply.dead_letters
 
 
-@dataclass
-class ReplayReport:
+@dataclass(kw_only=True)
+class ReplayReport(RangeTotals):
     from_block: int
     to_block: int
-    ranges: int = 0
-    logs: int = 0
-    inserted: int = 0
-    removed: int = 0
-    bookings: int = 0
-    orphans: int = 0
-    failed_events: int = 0
 
 
 @dataclass
@@ -498,14 +510,7 @@ def _apply_range(target, cursor, fetched: _FetchedRange, tip, final, report: Sca
             finalized_block=final, last_scan_at=now,
         )
     cursor.last_block, cursor.last_block_hash, cursor.range_size = to_block, last_header.hash, size
-    report.ranges += 1
-    report.logs += outcome.logs
-    report.inserted += outcome.inserted
-    report.removed += outcome.removed
-    report.bookings += outcome.bookings
-    report.orphans += outcome.orphans
-    report.failed_events += outcome.failed_events
-    report.dead_letters += outcome.dead_letters
+    report.count(outcome)
     metrics.RANGE_SECONDS.observe(time.perf_counter() - started + fetched.seconds)
 
 
@@ -544,7 +549,7 @@ def _next_range_size(size: int, span: int, results: int, range_ceiling: int | No
 
 def _store_window(cursor: SyncCursor, headers: dict[int, BlockHeader], final: int) -> None:
     """Remember the unfinalized blocks' hashes; forget those that became final."""
-    with store.bulk_cursor() as c:
+    with server_binding_cursor() as c:
         c.execute(f"DELETE FROM {BlockHash._meta.db_table} WHERE cursor_id = %s AND number <= %s", [cursor.pk, final])
         if headers:
             numbers = sorted(headers)
@@ -731,13 +736,7 @@ def replay_range(
             outcome = _ingest(
                 target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True
             )
-        report.ranges += 1
-        report.logs += outcome.logs
-        report.inserted += outcome.inserted
-        report.removed += outcome.removed
-        report.bookings += outcome.bookings
-        report.orphans += outcome.orphans
-        report.failed_events += outcome.failed_events
+        report.count(outcome)
         start = end + 1
     log.info("replayed blocks %d-%d: %s", from_block, to_block, report)
     return report

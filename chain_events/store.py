@@ -9,13 +9,13 @@ again on the canonical chain is moved back in and re-applied.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
-import psycopg
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
+
+from bookme.db import server_binding_cursor
 
 from . import metrics
 from .decoding import DecodedLog, log_from_stored
@@ -24,17 +24,6 @@ from .models import ChainEvent, EventStatus
 TABLE = ChainEvent._meta.db_table
 
 
-@contextmanager
-def bulk_cursor():
-    """A psycopg cursor with server-side parameter binding on Django's connection (and so in
-    its transaction). Django's own cursors bind client-side, quoting every array element
-    in Python: for the 10,000-element arrays of a catch-up range that costs more than the
-    statement itself; array parameters are also sent in binary (`%b`), which skips text
-    escaping altogether. Errors still surface as django.db errors."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors:
-        with psycopg.Cursor(connection.connection) as cursor:
-            yield cursor
 _S = EventStatus
 _UNSETTLED_SQL = "('PENDING', 'FAILED', 'RETRY', 'DEAD_LETTER')"
 
@@ -84,7 +73,7 @@ def insert_events(
         [l.chain_booking_id for l in logs],
     ]
     out: dict[str, list[int]] = {}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(sql, params)
         for row_id, chain_booking_id in cursor.fetchall():
             out.setdefault(chain_booking_id, []).append(row_id)
@@ -107,7 +96,7 @@ def _copy_new_events(chain_id: int, contract: str, logs: list[DecodedLog], *, so
     log stored before violates the unique key and aborts the whole COPY (the caller's
     savepoint): then insert_events' upsert handles the batch."""
     processed_at = now if status == _S.PROCESSED else None
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             "SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)", [TABLE, len(logs)]
         )
@@ -158,7 +147,7 @@ def load_events(
     if exclude_ids:
         params.append(list(exclude_ids))
     out: dict[str, list[StoredEvent]] = {}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(sql, params)
         for row_id, status, cid, name, block, block_hash, tx_hash, tx_index, log_index, args in cursor.fetchall():
             event = log_from_stored(
@@ -172,7 +161,7 @@ def load_events(
 def mark_processed(event_ids: list[int], *, now) -> None:
     if not event_ids:
         return
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""UPDATE {TABLE} SET status = 'PROCESSED', processed_at = %s, next_retry_at = NULL,
                     last_error = '', updated_at = %s
@@ -196,7 +185,7 @@ def mark_failed(event_ids: list[int], error: str, *, now) -> dict[str, int]:
     """
     if not event_ids:
         return {"failed": 0, "dead_letter": 0}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         # In SET expressions retry_count is the value before this failure (= attempt - 1).
         cursor.execute(
             f"""UPDATE {TABLE} SET
@@ -232,7 +221,7 @@ def mark_failed(event_ids: list[int], error: str, *, now) -> dict[str, int]:
 
 def events_in_block_range(chain_id: int, contract: str, from_block: int, to_block: int) -> list[tuple]:
     """(id, tx_hash, log_index, block_hash, chain_booking_id) of live rows stored for these blocks."""
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""SELECT id, tx_hash, log_index, block_hash, chain_booking_id FROM {TABLE}
                 WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
@@ -246,7 +235,7 @@ def mark_removed(event_ids: list[int], *, now) -> dict[str, list[int]]:
     """Mark rows REMOVED (their block left the chain); return {chain_booking_id: [ids]}."""
     if not event_ids:
         return {}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""UPDATE {TABLE} SET status = 'REMOVED', next_retry_at = NULL, updated_at = %s
                 WHERE id = ANY(%b::bigint[]) AND status <> 'REMOVED'
@@ -261,7 +250,7 @@ def mark_removed(event_ids: list[int], *, now) -> dict[str, list[int]]:
 
 
 def live_event_ids_above(chain_id: int, contract: str, block_number: int) -> list[int]:
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""SELECT id FROM {TABLE} WHERE chain_id = %s AND contract_address = %s AND block_number > %s
                 AND status <> 'REMOVED'""",
@@ -288,7 +277,7 @@ def stale_event_ids(
     and are canonical by construction, so only rows stored earlier are read (none during a
     plain catch-up) and compared with the logs here.
     """
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""SELECT id, tx_hash, log_index FROM {TABLE}
                 WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
@@ -307,7 +296,7 @@ def load_rows(event_ids: list[int]) -> dict[str, list[StoredEvent]]:
     if not event_ids:
         return {}
     out: dict[str, list[StoredEvent]] = {}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(
             f"""SELECT id, status, chain_booking_id, event_name, block_number, block_hash, tx_hash, tx_index,
                        log_index, args

@@ -35,10 +35,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from django.db import connection
-
+from bookme.db import server_binding_cursor
 from chain_events.decoding import ZERO_ADDRESS, checksum, same_address
-from chain_events.store import bulk_cursor
 
 from .models import (
     Booking,
@@ -136,7 +134,7 @@ def lock_bookings(chain_booking_ids: list[str]) -> dict[str, BookingSnapshot]:
         FOR UPDATE OF b
     """
     out = {}
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         cursor.execute(sql, [list(chain_booking_ids)])
         for row in cursor.fetchall():
             fee = None
@@ -357,7 +355,7 @@ def sync_bookings_to_chain(pairs, *, actor: str, now, source: str = StatusSource
 def apply_plans(plans: list[BookingPlan], *, actor: str, now, source: str = StatusSource.CHAIN) -> None:
     """Write the plans with one statement per kind of change (callers hold the booking locks)."""
     changed = [p for p in plans if p.booking_changed]
-    with bulk_cursor() as cursor:
+    with server_binding_cursor() as cursor:
         if changed:
             cursor.execute(
                 f"""UPDATE {_BOOKING} AS b SET
