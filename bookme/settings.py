@@ -252,6 +252,9 @@ CHAIN_LOG_RANGE_MAX = cfg.int("CHAIN_LOG_RANGE_MAX", 10_000, minimum=1)
 CHAIN_LOG_MAX_RESULTS = cfg.int("CHAIN_LOG_MAX_RESULTS", 10_000, minimum=10)
 # Headers fetched per JSON-RPC batch for the unfinalized window.
 CHAIN_HEADER_BATCH = cfg.int("CHAIN_HEADER_BATCH", 100, minimum=1)
+# Apply consecutive ranges in two transactions at once (two connections; each commits after
+# the one before it, see chain_events.scanner._ApplyLanes). Off: one range at a time.
+CHAIN_APPLY_PARALLEL = cfg.bool("CHAIN_APPLY_PARALLEL", True)
 # One scan run stops after this long (the next beat continues where it stopped).
 CHAIN_SCAN_MAX_SECONDS = cfg.float("CHAIN_SCAN_MAX_SECONDS", 50.0, minimum=1.0)
 # After catching up, the scan task keeps following the head this long, polling every

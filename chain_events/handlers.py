@@ -126,6 +126,29 @@ def derive_chain_state(chain_booking_id: str, events) -> ChainState:
 
 
 # -- applying -------------------------------------------------------------------------------
+class Superseded(Exception):
+    """The range applied before this one (in another transaction) did not commit: this one
+    must roll back too, or its cursor move would skip the failed range."""
+
+
+class ApplyTurn:
+    """Where a scanner range stands against the range before it, when ranges are applied
+    in parallel transactions (chain_events.scanner): `locked()` says this range holds its
+    bookings' row locks (the next range may start: it will wait on those locks, never the
+    other way round), `wait()` blocks until the range before committed (Superseded if it did
+    not). Rows that two ranges may both write (provider earnings, orphans, the cursor) are
+    written only after `wait()`. This base class is the turn of a lone range: no waiting."""
+
+    def locked(self) -> None:
+        pass
+
+    def wait(self) -> None:
+        pass
+
+
+NO_TURN = ApplyTurn()
+
+
 @dataclass
 class ApplyOutcome:
     bookings: int = 0
@@ -146,6 +169,7 @@ def apply_events(
     strict: bool = False,
     now=None,
     status_source: str = StatusSource.CHAIN,
+    turn: ApplyTurn = NO_TURN,
 ) -> ApplyOutcome:
     """Bring every booking in `touched` in line with all its stored events.
 
@@ -156,6 +180,7 @@ def apply_events(
     gets marked FAILED if the booking cannot be applied. With strict=True any failure is
     raised (the caller's transaction decides), e.g. for reorg rollbacks. `status_source` is
     the BookingStatusChange source (`chain`, or `reconciliation` when it applies logs).
+    `turn` orders this call against a scanner range applied in parallel (see ApplyTurn).
     Must run inside a transaction.
     """
     now = now or timezone.now()
@@ -165,9 +190,17 @@ def apply_events(
     if not ids:
         return outcome
     started = time.perf_counter()
+    # Locked outside the savepoints below: a failed bulk attempt rolls back its savepoint but
+    # keeps these locks, so the one-by-one retry still holds every booking it started with.
+    snapshots = chain_effects.lock_bookings(ids)
+    turn.locked()
     try:
         with transaction.atomic():
-            _apply_bookings(chain_id, contract, ids, touched, new_event_ids, actor, now, outcome, status_source)
+            _apply_bookings(
+                chain_id, contract, ids, snapshots, touched, new_event_ids, actor, now, outcome, status_source, turn
+            )
+    except Superseded:
+        raise
     except Exception as exc:
         if strict:
             raise
@@ -179,8 +212,11 @@ def apply_events(
             try:
                 with transaction.atomic():
                     _apply_bookings(
-                        chain_id, contract, [chain_booking_id], touched, new_event_ids, actor, now, outcome, status_source
+                        chain_id, contract, [chain_booking_id], snapshots, touched, new_event_ids, actor, now,
+                        outcome, status_source, turn,
                     )
+            except Superseded:
+                raise
             except Exception as booking_exc:  # one bad booking must not block the others
                 _record_failure(chain_booking_id, new_event_ids.get(chain_booking_id, []), booking_exc, now, outcome)
     metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
@@ -198,9 +234,9 @@ def _record_failure(chain_booking_id, event_ids, exc, now, outcome: ApplyOutcome
 
 
 def _apply_bookings(
-    chain_id, contract, ids, touched, new_event_ids, actor, now, outcome: ApplyOutcome, status_source
+    chain_id, contract, ids, snapshots, touched, new_event_ids, actor, now, outcome: ApplyOutcome, status_source,
+    turn: ApplyTurn,
 ) -> None:
-    snapshots = chain_effects.lock_bookings(ids)
     exclude = [i for cid in ids for i in new_event_ids.get(cid, [])]
     stored = store.load_events(chain_id, contract, ids, exclude_ids=exclude)
     states: dict[str, ChainState] = {}
@@ -216,9 +252,11 @@ def _apply_bookings(
     unknown = {cid: states[cid] for cid in ids if cid not in snapshots}
     if known:
         chain_effects.sync_bookings_to_chain(
-            [(snapshots[cid], state) for cid, state in known.items()], actor=actor, now=now, source=status_source
+            [(snapshots[cid], state) for cid, state in known.items()], actor=actor, now=now, source=status_source,
+            before_shared_writes=turn.wait,
         )
     if unknown:
+        turn.wait()  # another range may record the same orphan
         record_orphans(chain_id, contract, unknown, new_event_ids, now=now)
     if unsettled_ids:
         store.mark_processed(unsettled_ids, now=now)

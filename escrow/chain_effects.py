@@ -341,19 +341,27 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
     return plan
 
 
-def sync_bookings_to_chain(pairs, *, actor: str, now, source: str = StatusSource.CHAIN) -> int:
+def sync_bookings_to_chain(
+    pairs, *, actor: str, now, source: str = StatusSource.CHAIN, before_shared_writes=None
+) -> int:
     """Apply the chain state to each (locked snapshot, state) pair; return how many changed.
 
     `source` is what the BookingStatusChange rows say moved the booking: `chain` for the
     scanner, the fast path and retries, `reconciliation` when reconciliation applies logs.
+    `before_shared_writes` is called before rows other bookings' writers may also change
+    (provider earnings), after the rows of these bookings alone.
     """
     plans = [plan_booking_sync(snapshot, state, now=now) for snapshot, state in pairs]
-    apply_plans(plans, actor=actor, now=now, source=source)
+    apply_plans(plans, actor=actor, now=now, source=source, before_shared_writes=before_shared_writes)
     return sum(1 for p in plans if p.booking_changed)
 
 
-def apply_plans(plans: list[BookingPlan], *, actor: str, now, source: str = StatusSource.CHAIN) -> None:
-    """Write the plans with one statement per kind of change (callers hold the booking locks)."""
+def apply_plans(
+    plans: list[BookingPlan], *, actor: str, now, source: str = StatusSource.CHAIN, before_shared_writes=None
+) -> None:
+    """Write the plans with one statement per kind of change (callers hold the booking locks):
+    first the rows that belong to these bookings alone, then (after `before_shared_writes`,
+    see sync_bookings_to_chain) provider earnings."""
     changed = [p for p in plans if p.booking_changed]
     with server_binding_cursor() as cursor:
         if changed:
@@ -398,8 +406,11 @@ def apply_plans(plans: list[BookingPlan], *, actor: str, now, source: str = Stat
                 ],
             )
         _write_fees(cursor, [p for p in plans if p.fee_changed], now)
-        _write_earnings(cursor, [e for p in plans for e in p.earnings], now)
         _write_nonces(cursor, plans, now)
+        earnings = [e for p in plans for e in p.earnings]
+        if earnings and before_shared_writes is not None:
+            before_shared_writes()
+        _write_earnings(cursor, earnings, now)
 
 
 def _write_fees(cursor, plans: list[BookingPlan], now) -> None:
