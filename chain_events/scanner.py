@@ -25,8 +25,10 @@ last block in ONE batch (chain_events.rpc.get_logs_checked), decode with eth_abi
 ONE database transaction: insert the rows (bulk, ON CONFLICT on the log key), mark REMOVED
 the rows stored ahead of the scanner (fast path) whose block left the chain, fold and apply
 every touched booking (chain_events.handlers.apply_events: a few set-based statements for
-the whole range), store the block hashes of the unfinalized part, and move the cursor. A
-crash anywhere before the commit leaves nothing behind; the rescan applies it once.
+the whole range), store the block hashes of the unfinalized part, and move the cursor (only from the block before
+the range). A crash anywhere before the commit leaves nothing behind; the rescan applies it
+once. During a catch-up two consecutive ranges are applied at once, each in its own
+transaction on its own connection, committing in chain order (_ApplyLanes).
 
 Reorgs: the cursor remembers its block's hash and the hashes of the unfinalized window
 (BlockHash). When the canonical header at the cursor differs (or a new range's first block
