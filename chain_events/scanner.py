@@ -340,7 +340,7 @@ def _scan_ranges(client, target, cursor, tip, final, confirmed, prefetcher, repo
                 next_to = min(to_block + fetched.next_size, confirmed)
                 prefetcher.start(fetched.last_header.hash, to_block + 1, next_to, fetched.next_size, report)
             try:
-                lanes.submit(target, cursor.pk, fetched, tip, final, actor)
+                lanes.submit(target, cursor.pk, fetched, tip, final, actor, last=to_block >= confirmed)
             except handlers.Superseded as exc:
                 log.info("scan range %d-%d superseded (%s); continuing from the cursor", from_block, to_block, exc)
                 _settle(lanes, cursor)
@@ -436,8 +436,12 @@ class _ApplyLanes:
                 lane.shutdown(wait=True)
         return False
 
-    def submit(self, target: _Target, cursor_pk: int, fetched: _FetchedRange, tip, final: int, actor: str) -> None:
-        if not self.parallel:
+    def submit(
+        self, target: _Target, cursor_pk: int, fetched: _FetchedRange, tip, final: int, actor: str, *, last: bool
+    ) -> None:
+        """Apply `fetched` (in line, or hand it to a lane). `last`: no range follows it in this
+        pass; a lone range (following the head) is applied in line, without lane threads."""
+        if not self.parallel or (last and not self._in_flight):
             self.report.count(_apply_range(target, cursor_pk, fetched, tip, final, actor, handlers.NO_TURN))
             return
         if not self._lanes:

@@ -149,3 +149,14 @@ def test_a_cursor_moved_by_staff_mid_scan_makes_the_range_roll_back(lanes_flow, 
     }
     assert ChainEvent.objects.count() == 3
     assert BookingStatusChange.objects.filter(source="chain").count() == 3
+
+
+def test_a_lone_range_following_the_head_is_applied_in_line(lanes_flow, lane_threads, settings):
+    settings.CHAIN_LOG_RANGE_MAX = 10_000
+    scan()  # catch up to the head first
+    booking, _ = lanes_flow.paid_booking()
+    lane_threads.clear()
+    report = scan()
+    assert report.ranges == 1 and report.bookings == 1
+    assert [name for name, _ in lane_threads] == [threading.current_thread().name]
+    assert Booking.objects.get(pk=booking.pk).status == BookingStatus.PAID
