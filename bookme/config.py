@@ -91,6 +91,7 @@ class Config:
         return value
 
     def float(self, name: str, default=_MISSING, *, minimum: float | None = None) -> float:
+        """Durations and ratios only. Money is never a float: amounts are integer base units (`int`)."""
         raw = self._raw(name, default)
         try:
             value = float(raw)

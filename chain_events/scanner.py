@@ -426,10 +426,10 @@ class _ApplyLanes:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            if exc_type is not None:
-                self._wait_quietly()
-            else:
-                self.drain()
+            self.drain()  # the ranges in flight end before their connections close
+        except Exception:
+            if exc_type is None:
+                raise  # otherwise the exception already on its way out is the one to report
         finally:
             for lane in self._lanes:
                 lane.submit(_close_connection).result()  # in the lane's thread: its own connection
@@ -484,15 +484,6 @@ class _ApplyLanes:
             raise failure
         if superseded is not None:
             raise superseded
-
-    def _wait_quietly(self) -> None:
-        while self._in_flight:
-            future, _ = self._in_flight.popleft()
-            try:
-                outcome = future.result()
-            except Exception:
-                continue
-            self.report.count(outcome)
 
 
 @contextmanager
