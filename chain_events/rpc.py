@@ -10,6 +10,7 @@ except for errors that mean "this node is behind or overloaded" (see `_FAILOVER_
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import logging
 import threading
@@ -53,6 +54,17 @@ class RpcInconsistentAnswer(RpcTransportError):
     """Valid JSON-RPC whose content is wrong or disagrees with what we already know."""
 
 
+class RpcAnswerTooLarge(RpcError):
+    """The answer's body is larger than the caller allowed; it was not read (or parsed) past
+    the limit. A property of the request (e.g. a log range), not of the endpoint: every node
+    would answer the same, so nothing fails over. `size` is the body's declared length, or
+    the bytes received before giving up (then the body is at least that long)."""
+
+    def __init__(self, message: str, *, size: int, **kwargs):
+        super().__init__(message, **kwargs)
+        self.size = size
+
+
 class RpcUnavailable(RpcError):
     """Every endpoint failed, after the retries."""
 
@@ -60,6 +72,25 @@ class RpcUnavailable(RpcError):
     def timed_out(self) -> bool:
         """The last failure was a timeout (the request may simply be too heavy)."""
         return "timeout" in str(self.__cause__ or "").lower()
+
+
+def _read_capped(response: requests.Response, limit: int, endpoint: str) -> bytes:
+    """The body of a streamed answer, refused (RpcAnswerTooLarge) once it is over `limit`
+    bytes: at once when its Content-Length says so, else as soon as that many arrived."""
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RpcAnswerTooLarge(
+            f"answer of {int(declared)} bytes is over the {limit}-byte limit", size=int(declared), endpoint=endpoint
+        )
+    chunks, size = [], 0
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise RpcAnswerTooLarge(
+                f"answer of more than {limit} bytes (limit)", size=size, endpoint=endpoint
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def redact_url(url: str) -> str:
@@ -122,7 +153,13 @@ class RpcClient:
         return self.batch([(method, params or [])])[0]
 
     def batch(
-        self, calls: list[tuple[str, list]], *, allow_errors: bool = False, validate=None, optional: frozenset = frozenset()
+        self,
+        calls: list[tuple[str, list]],
+        *,
+        allow_errors: bool = False,
+        validate=None,
+        optional: frozenset = frozenset(),
+        max_answer_bytes: int | None = None,
     ) -> list:
         """Run several calls in one HTTP round trip; results in the same order.
 
@@ -136,6 +173,10 @@ class RpcClient:
 
         `optional` holds indexes of calls whose error is an acceptable answer (e.g. the
         `finalized` tag on a node that lacks it) and never a reason to fail over.
+
+        With `max_answer_bytes`, a larger answer raises RpcAnswerTooLarge before it is read
+        whole or parsed (a node without a result cap can answer a log range with hundreds
+        of MB).
         """
         if not calls:
             return []
@@ -143,7 +184,7 @@ class RpcClient:
         for attempt in range(self.retries + 1):
             for endpoint in self._ordered_endpoints():
                 try:
-                    results = self._post(endpoint, calls)
+                    results = self._post(endpoint, calls, max_answer_bytes)
                 except RpcTransportError as exc:
                     self._mark_failed(endpoint, exc, "transport")
                     last_exc = exc
@@ -189,7 +230,7 @@ class RpcClient:
         cooling = sorted((e for e in self.endpoints if e.cooldown_until > now), key=lambda e: e.cooldown_until)
         return healthy + cooling  # try everything rather than fail while all are cooling down
 
-    def _post(self, endpoint: EndpointHealth, calls: list[tuple[str, list]]) -> list:
+    def _post(self, endpoint: EndpointHealth, calls: list[tuple[str, list]], max_answer_bytes: int | None = None) -> list:
         ids = [next(self._ids) for _ in calls]
         payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
         body = payload[0] if len(payload) == 1 else payload
@@ -197,13 +238,20 @@ class RpcClient:
         self.round_trips += 1
         RPC_CALLS.labels(endpoint.label).inc()
         try:
-            response = self.session.post(endpoint.url, json=body, timeout=self.timeout)
+            response = self.session.post(
+                endpoint.url, json=body, timeout=self.timeout, stream=max_answer_bytes is not None
+            )
+            with response:
+                if response.status_code == 429 or response.status_code >= 500:
+                    raise RpcTransportError(f"HTTP {response.status_code}", endpoint=endpoint.label)
+                if max_answer_bytes is None:
+                    content = response.content
+                else:
+                    content = _read_capped(response, max_answer_bytes, endpoint.label)
         except requests.RequestException as exc:
             raise RpcTransportError(f"{type(exc).__name__}", endpoint=endpoint.label) from exc
-        if response.status_code == 429 or response.status_code >= 500:
-            raise RpcTransportError(f"HTTP {response.status_code}", endpoint=endpoint.label)
         try:
-            data = response.json()
+            data = json.loads(content)
         except ValueError:
             raise RpcTransportError("answer is not JSON", endpoint=endpoint.label) from None
         if isinstance(data, dict):
@@ -414,6 +462,7 @@ def get_logs_checked(
     from_block: int,
     to_block: int,
     held_hashes: dict[int, str],
+    max_answer_bytes: int | None = None,
 ) -> tuple[list[dict], BlockHeader]:
     """eth_getLogs for [from_block, to_block] plus the header of `to_block`, in ONE batch.
 
@@ -422,7 +471,9 @@ def get_logs_checked(
     of the range on our chain, so its log answer is complete. Every log must lie in the range,
     must not be `removed`, and where we hold a block's hash the log's block hash must match.
     Anything else is an inconsistent answer (next endpoint). A refused range raises
-    LogRangeTooLarge.
+    LogRangeTooLarge, and so does an answer over `max_answer_bytes` for a range of more than
+    one block (a single block cannot be split further): it is dropped unparsed, and the
+    suggested range is sized for a quarter of the limit from the size seen.
     """
     params = {"fromBlock": hex(from_block), "toBlock": hex(to_block), "address": address, "topics": topics}
     calls = [("eth_getLogs", [params]), ("eth_getBlockByNumber", [hex(to_block), False])]
@@ -453,7 +504,16 @@ def get_logs_checked(
                 raise RpcInconsistentAnswer(f"log block hash for {number} differs from the header")
         parsed["header"] = header
 
-    logs, _ = client.batch(calls, allow_errors=True, validate=validate)
+    cap = max_answer_bytes if to_block > from_block else None
+    try:
+        logs, _ = client.batch(calls, allow_errors=True, validate=validate, max_answer_bytes=cap)
+    except RpcAnswerTooLarge as exc:
+        span = to_block - from_block + 1
+        raise LogRangeTooLarge(
+            f"eth_getLogs {from_block}-{to_block}: {exc}",
+            suggested_to=from_block + max(1, span * (cap // 4) // max(exc.size, 1)) - 1,
+            endpoint=exc.endpoint,
+        ) from None
     if isinstance(logs, RpcResponseError):
         message = str(logs)
         hint = suggested_range(message)

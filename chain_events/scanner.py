@@ -635,6 +635,7 @@ def _fetch_range(
         from_block=from_block,
         to_block=to_block,
         held_hashes={n: h.hash for n, h in headers.items()},
+        max_answer_bytes=settings.CHAIN_LOG_MAX_ANSWER_BYTES,
     )
     max_results = settings.CHAIN_LOG_MAX_RESULTS
     span = to_block - from_block + 1
@@ -899,6 +900,7 @@ def replay_range(
             raw_logs, _ = get_logs_checked(
                 client, address=target.contract, topics=[BOOKING_EVENT_TOPICS], from_block=start, to_block=end,
                 held_hashes={n: h for n, h in held.items() if start <= n <= end},
+                max_answer_bytes=settings.CHAIN_LOG_MAX_ANSWER_BYTES,
             )
         except LogRangeTooLarge as exc:
             size = (exc.suggested_to - start + 1) if exc.suggested_to and start <= exc.suggested_to < end else max(1, (end - start + 1) // 2)

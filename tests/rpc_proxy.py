@@ -4,7 +4,10 @@ Modes: "garbage" answers well-formed JSON-RPC with nonsense results (a broken lo
 "not-json" answers an HTML error page; "forward" passes every call to the upstream node,
 except that eth_getLogs wider than `max_log_blocks` is refused the way hosted providers do
 (with a suggested range) and any method in `failing_methods` gets an HTTP 503 (the node
-going away in the middle of a run). `seen` lists the methods asked, `requests` counts posts.
+going away in the middle of a run). `seen` lists the methods asked, `requests` counts posts,
+`answer_sizes` the body size of each answer that held eth_getLogs results. With
+`declare_length=False` answers carry no Content-Length (the body ends when the connection
+closes), as a streaming node may send them.
 """
 from __future__ import annotations
 
@@ -16,10 +19,19 @@ import requests
 
 
 class RpcProxy:
-    def __init__(self, upstream: str | None = None, *, mode: str = "forward", max_log_blocks: int | None = None):
+    def __init__(
+        self,
+        upstream: str | None = None,
+        *,
+        mode: str = "forward",
+        max_log_blocks: int | None = None,
+        declare_length: bool = True,
+    ):
         self.upstream = upstream
         self.mode = mode
         self.max_log_blocks = max_log_blocks
+        self.declare_length = declare_length
+        self.answer_sizes: list[int] = []
         self.failing_methods: set[str] = set()
         self.seen: list[str] = []
         self.requests = 0
@@ -35,9 +47,15 @@ class RpcProxy:
                 status, payload = proxy.answer(body)
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                if proxy.declare_length:
+                    self.send_header("Content-Length", str(len(payload)))
+                else:
+                    self.close_connection = True  # HTTP/1.0: the body ends with the connection
                 self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client stopped reading (an answer over its size limit)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -75,4 +93,7 @@ class RpcProxy:
                     }})
                     continue
             out.append(requests.post(self.upstream, json=item, timeout=30).json())
-        return 200, json.dumps(out if isinstance(request, list) else out[0]).encode()
+        payload = json.dumps(out if isinstance(request, list) else out[0]).encode()
+        if "eth_getLogs" in (item["method"] for item in items):
+            self.answer_sizes.append(len(payload))
+        return 200, payload

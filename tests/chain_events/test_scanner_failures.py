@@ -191,6 +191,30 @@ def test_too_many_results_refetches_smaller(flow, settings):
     assert Booking.objects.filter(status=BookingStatus.PAID).count() == 12
 
 
+@pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "until-close"])
+def test_answer_over_the_byte_limit_is_dropped_and_the_range_refetched_smaller(flow, settings, declare_length):
+    scan()  # a cursor that scanned before: no first-scan probe, the next range is asked for whole
+    SyncCursor.objects.update(range_size=1000)
+    bookings = [flow.paid_booking(customer=i % 6)[0] for i in range(12)]
+    limit = 6_000  # a log is ~1 KB of JSON: the 12-block range is over it, a block or two is not
+    settings.CHAIN_LOG_MAX_ANSWER_BYTES = limit
+    with RpcProxy(flow.chain.url, declare_length=declare_length) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        report = scan()
+        health = get_rpc_client().health()
+    assert max(proxy.answer_sizes) > limit  # the whole range was asked for first, and refused
+    assert report.range_shrinks >= 1
+    assert report.logs == 12
+    assert set(Booking.objects.filter(pk__in=[b.pk for b in bookings]).values_list("status", flat=True)) == {
+        BookingStatus.PAID
+    }
+    assert ChainEvent.objects.filter(status=EventStatus.PROCESSED).count() == 12
+    assert BookingStatusChange.objects.filter(source="chain", to_status=BookingStatus.PAID).count() == 12
+    assert SyncCursor.objects.get().last_block == flow.chain.block_number()
+    # The size of an answer is the range's doing, not the endpoint's: no failure counted, no failover.
+    assert health[0]["total_failures"] == 0
+
+
 # -- failing handlers -----------------------------------------------------------------------------
 def _break_booking_updates(booking_id: int) -> None:
     with connection.cursor() as c:
