@@ -348,6 +348,91 @@ class RssSampler:
         return [self.samples[n * q // 4][1] for q in (1, 2, 3)]
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_seconds(pid: int | str = "self", *, reaped_children: bool = False) -> float:
+    """User + system CPU of a process from /proc (with `reaped_children`, also that of its
+    children that exited and were waited for: PostgreSQL's postmaster holds its ended backends')."""
+    with open(f"/proc/{pid}/stat") as fh:
+        data = fh.read()
+    fields = data[data.rindex(")") + 2:].split()  # fields[0] is the state (stat field 3)
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / _CLOCK_TICKS
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU of every PostgreSQL server process on this machine: backends, WAL writer,
+    checkpointer... and, through the postmaster, backends that ended (a lane's connection)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as fh:
+                if fh.read().strip() != "postgres":
+                    continue
+            total += process_cpu_seconds(entry, reaped_children=True)
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # ended between listing and reading: the postmaster now counts it
+    return total
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores, from /proc/stat."""
+    with open("/proc/stat") as fh:
+        ticks = [int(v) for v in fh.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / _CLOCK_TICKS, sum(ticks[:8]) / _CLOCK_TICKS
+
+
+class CpuMeter:
+    """Where the CPU went during a measured step: this process, PostgreSQL, anvil, and the
+    rest of the machine. With the machine's cores this bounds the rate any overlap of the
+    three could reach (`ceiling`): the benchmark's work per event, not the machine's noise."""
+
+    def __init__(self, anvil_pid: int):
+        self.anvil_pid = anvil_pid
+        self.cores = os.cpu_count() or 1
+
+    def _read(self) -> dict[str, float]:
+        busy, total = machine_cpu_seconds()
+        return {
+            "scanner": process_cpu_seconds(),
+            "postgres": postgres_cpu_seconds(),
+            "anvil": process_cpu_seconds(self.anvil_pid),
+            "busy": busy,
+            "total": total,
+        }
+
+    def __enter__(self):
+        self._wall = time.perf_counter()
+        self._before = self._read()
+        return self
+
+    def __exit__(self, *exc):
+        after = self._read()
+        self.wall = time.perf_counter() - self._wall
+        self.seconds = {k: after[k] - self._before[k] for k in after}
+        self.seconds["other"] = max(
+            0.0, self.seconds["busy"] - self.seconds["scanner"] - self.seconds["postgres"] - self.seconds["anvil"]
+        )
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        return {k: self.seconds[k] / events * 1e6 for k in ("scanner", "postgres", "anvil", "other")}
+
+    def ceiling(self, events: int) -> float:
+        """Events/s if the scanner's, PostgreSQL's and anvil's CPU per event kept every core busy."""
+        us = self.per_event_us(events)
+        return self.cores / ((us["scanner"] + us["postgres"] + us["anvil"]) / 1e6)
+
+    def utilisation(self) -> float:
+        """Share of all cores busy during the step (whoever used them)."""
+        return self.seconds["busy"] / self.seconds["total"] if self.seconds["total"] else 0.0
+
+
 def percentile(values: list[float], q: float) -> float:
     """q-th percentile (0-100), inclusive method (no interpolation surprises on small samples)."""
     if len(values) == 1:

@@ -15,7 +15,10 @@ What it does, all against real parts:
    `contract.events.BookingCreatedAndPaid.get_logs(from_block=..., to_block=...)` and (ii) a
    PostgreSQL COPY of the same event rows into a table made LIKE the event table (same
    columns, indexes and constraints);
-5. prints applied events/s, the two comparison rates and ratios, and the RSS start/peak/end.
+5. prints applied events/s, the two comparison rates and ratios, the RSS start/peak/end, and
+   the CPU each part used per applied event during the scan (this process, PostgreSQL's
+   processes, anvil; /proc): with the machine's cores, the rate that work per event allows
+   at best, whatever the overlap.
 
 Targets (issue 4): >= 10,000 events/s applied, >= 8x (i), >= 0.33x (ii), RSS flat.
 Environment: BENCH_POSTGRES_URL (server, default postgres://postgres@127.0.0.1:5432),
@@ -36,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
     BenchChain,
+    CpuMeter,
     Payment,
     RssSampler,
     bench_addresses,
@@ -244,7 +248,7 @@ def main() -> int:
 
         connection.close()  # the scan starts from a fresh connection, as a worker would
         started = time.perf_counter()
-        with RssSampler(interval=0.05) as rss:
+        with RssSampler(interval=0.05) as rss, CpuMeter(chain.node.process.pid) as cpu:
             if args.profile:
                 import cProfile
 
@@ -281,6 +285,12 @@ def main() -> int:
             f"(25/50/75 %: {', '.join(f'{v:.0f}' for v in rss.quartiles())}; growth {rss_growth:+.0f}) -> "
             f"{'flat' if flat else 'NOT flat'}")
         met = applied_rate >= TARGET_RATE and vs_web3 >= TARGET_VS_WEB3 and vs_copy >= TARGET_VS_COPY and flat
+        us = cpu.per_event_us(args.events)
+        say(f"CPU per applied event (µs): scanner process {us['scanner']:.0f}, PostgreSQL {us['postgres']:.0f}, "
+            f"anvil {us['anvil']:.0f}; rest of the machine {us['other']:.0f}; "
+            f"cores busy {cpu.utilisation():.0%} of {cpu.cores}")
+        say(f"  -> this work per event, on {cpu.cores} cores kept 100 % busy, caps the rate at "
+            f"{cpu.ceiling(args.events):,.0f} events/s")
         say(f"targets: {'all met' if met else 'NOT all met'}")
         return 0 if met else 1
     finally:
