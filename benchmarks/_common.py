@@ -154,7 +154,11 @@ class BenchChain:
                     raise RpcBatchError(f"transaction(s) reverted: {bad[:3]}")
                 return receipts
             if time.monotonic() > deadline:
-                raise TimeoutError("receipts not mined in time")
+                missing = sum(1 for r in receipts if not r)
+                raise TimeoutError(
+                    f"{missing} of {len(tx_hashes)} receipts not mined in {timeout:.0f} s "
+                    f"(automine {self.automining()}, txpool {self.call('txpool_status')})"
+                )
             time.sleep(0.05)
 
     # -- payments ------------------------------------------------------------------------

@@ -103,6 +103,10 @@ def mine_payments(chain: BenchChain, payments: list[Payment], per_block: int) ->
         done = start + len(calls)
         if done % max(per_block, len(payments) // 10) < per_block:
             say(f"  ... {done:,} payments mined (anvil RSS {rss_mib(chain.node.process.pid):,.0f} MiB)")
+    # A loaded machine's anvil may leave part of a big batch out of the block it mines, and
+    # turning automine back on does not mine what is already pending: mine until the pool is empty.
+    while int(chain.call("txpool_status")["pending"], 16):
+        chain.call("evm_mine")
     chain.call("evm_setAutomine", [True])
     last_block = chain.block_number()
     # Every payment must have succeeded, or the scan would measure something else.
