@@ -254,7 +254,7 @@ CHAIN_LOG_MAX_RESULTS = cfg.int("CHAIN_LOG_MAX_RESULTS", 10_000, minimum=10)
 # empty stretch and ran into a dense one with every log in it (100,000s): an answer larger
 # than this is dropped unread and the range refetched smaller. This, not the result count,
 # bounds the scanner's memory: a BookingCreatedAndPaid log is ~1 KB of JSON, so 8 MiB is
-# ~8,000 logs; ranges aim at an eighth of either limit.
+# ~8,000 logs; ranges aim at a quarter of either limit.
 CHAIN_LOG_MAX_ANSWER_BYTES = cfg.int("CHAIN_LOG_MAX_ANSWER_BYTES", 8 * 1024 * 1024, minimum=64 * 1024)
 # Headers fetched per JSON-RPC batch for the unfinalized window.
 CHAIN_HEADER_BATCH = cfg.int("CHAIN_HEADER_BATCH", 100, minimum=1)

@@ -473,8 +473,7 @@ def get_logs_checked(
     Anything else is an inconsistent answer (next endpoint). A refused range raises
     LogRangeTooLarge, and so does an answer over `max_answer_bytes` for a range of more than
     one block (a single block cannot be split further): it is dropped unparsed, and the
-    suggested range is sized for an eighth of the limit from the size seen (the scanner's
-    ranges aim at an eighth of the result cap).
+    suggested range is sized for a quarter of the limit from the size seen.
     """
     params = {"fromBlock": hex(from_block), "toBlock": hex(to_block), "address": address, "topics": topics}
     calls = [("eth_getLogs", [params]), ("eth_getBlockByNumber", [hex(to_block), False])]
@@ -512,7 +511,7 @@ def get_logs_checked(
         span = to_block - from_block + 1
         raise LogRangeTooLarge(
             f"eth_getLogs {from_block}-{to_block}: {exc}",
-            suggested_to=from_block + max(1, span * (cap // 8) // max(exc.size, 1)) - 1,
+            suggested_to=from_block + max(1, span * (cap // 4) // max(exc.size, 1)) - 1,
             endpoint=exc.endpoint,
         ) from None
     if isinstance(logs, RpcResponseError):

