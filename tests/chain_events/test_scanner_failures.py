@@ -215,6 +215,22 @@ def test_answer_over_the_byte_limit_is_dropped_and_the_range_refetched_smaller(f
     assert health[0]["total_failures"] == 0
 
 
+def test_replay_over_the_byte_limit_refetches_smaller_and_applies_once(flow, settings):
+    bookings = [flow.paid_booking(customer=i % 6)[0] for i in range(12)]
+    settings.CHAIN_LOG_MAX_ANSWER_BYTES = 6_000  # replay starts with the default range (1,000 blocks)
+    with RpcProxy(flow.chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        first = services.replay_range(flow.chain.start_block)
+        again = services.replay_range(flow.chain.start_block)
+    assert max(proxy.answer_sizes) > 6_000  # the whole range was asked for first, and refused
+    assert first.logs == again.logs == 12 and again.inserted == 0
+    assert set(Booking.objects.filter(pk__in=[b.pk for b in bookings]).values_list("status", flat=True)) == {
+        BookingStatus.PAID
+    }
+    assert ChainEvent.objects.count() == 12
+    assert BookingStatusChange.objects.filter(source="chain", to_status=BookingStatus.PAID).count() == 12
+
+
 # -- failing handlers -----------------------------------------------------------------------------
 def _break_booking_updates(booking_id: int) -> None:
     with connection.cursor() as c:
