@@ -335,16 +335,23 @@ def _scan_ranges(client, target, cursor, tip, final, confirmed, prefetcher, repo
                         return True
                     cursor = get_cursor(target)
                 continue
-            # Fetch (and decode) the next range in the background while this one is written.
+            # Fetch (and decode) the next range in the background while this one is written:
+            # in line, from now on; with lanes, once this range has its lane, so that at most
+            # three ranges are alive (two being applied, one being fetched).
+            following = None
             if to_block < confirmed:
                 next_to = min(to_block + fetched.next_size, confirmed)
-                prefetcher.start(fetched.last_header.hash, to_block + 1, next_to, fetched.next_size, report)
+                following = (fetched.last_header.hash, to_block + 1, next_to, fetched.next_size, report)
+            if following and not lanes.parallel:
+                prefetcher.start(*following)
             try:
                 lanes.submit(target, cursor.pk, fetched, tip, final, actor, last=to_block >= confirmed)
             except handlers.Superseded as exc:
                 log.info("scan range %d-%d superseded (%s); continuing from the cursor", from_block, to_block, exc)
                 _settle(lanes, cursor)
                 continue
+            if following and lanes.parallel:
+                prefetcher.start(*following)
             cursor.last_block, cursor.last_block_hash = to_block, fetched.last_header.hash
             cursor.range_size, cursor.last_scan_at = fetched.next_size, timezone.now()
     _note_position(cursor, tip, final, report)
@@ -690,9 +697,9 @@ _MAX_GROWTH = 4
 def _target_results() -> int:
     """Logs per range to aim for: a quarter of the provider cap. It leaves room for denser
     stretches (a refused or oversized range costs a whole round trip) and bounds memory:
-    during a catch-up up to four ranges are alive at once (one prefetched, one handed over,
-    two in the apply lanes); at 2,500 logs each the scanner's resident memory stays within
-    ~60 MiB of where it started (benchmarks/bench_catchup.py)."""
+    during a catch-up up to three ranges are alive at once (two in the apply lanes, the next
+    one being fetched, see _scan_ranges); benchmarks/bench_catchup.py's ranges (one block,
+    2,000 logs) leave the scanner's resident memory within ~40 MiB of where it started."""
     return max(1, settings.CHAIN_LOG_MAX_RESULTS // 4)
 
 
