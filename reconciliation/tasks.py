@@ -32,6 +32,15 @@ def single_flight(name: str, timeout: float):
             cache.delete(key)
 
 
+def _reported_if_rpc_fails(action, what: str) -> dict:
+    """`action()`; an RPC failure is logged and returned as {"error": ...}: the next beat tries again."""
+    try:
+        return action()
+    except RpcError as exc:
+        log.warning("%s stopped: RPC unavailable: %s", what, exc)
+        return {"error": str(exc)[:300]}
+
+
 @shared_task(name="reconciliation.reconcile_bookings", acks_late=True, ignore_result=True)
 def reconcile_bookings() -> dict:
     with single_flight("reconcile", settings.RECONCILE_INTERVAL_SECONDS * 5) as acquired:
@@ -47,11 +56,7 @@ def auto_complete_bookings() -> dict:
     with single_flight("auto-complete", settings.TX_RECEIPT_TIMEOUT_SECONDS * 2) as acquired:
         if not acquired:
             return {"skipped": True}
-        try:
-            return services.auto_complete_bookings()
-        except RpcError as exc:
-            log.warning("auto-complete stopped: RPC unavailable: %s", exc)
-            return {"error": str(exc)[:300]}
+        return _reported_if_rpc_fails(services.auto_complete_bookings, "auto-complete")
 
 
 @shared_task(name="reconciliation.auto_refund_orphans", acks_late=True, ignore_result=True)
@@ -67,8 +72,4 @@ def settle_stale_transactions() -> dict:
     with single_flight("settle-transactions", 300) as acquired:
         if not acquired:
             return {"skipped": True}
-        try:
-            return transactions.settle_stale_transactions()
-        except RpcError as exc:
-            log.warning("settling operator transactions stopped: RPC unavailable: %s", exc)
-            return {"error": str(exc)[:300]}
+        return _reported_if_rpc_fails(transactions.settle_stale_transactions, "settling operator transactions")

@@ -321,13 +321,20 @@ def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> d
     client = client or get_rpc_client()
     cutoff = (now or timezone.now()) - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS)
     settled = {"mined": 0, "failed": 0, "pending": 0}
+    mined_counts: dict[str, int] = {}  # per sending account: one eth_getTransactionCount per run
+
+    def mined_count(address: str) -> int:
+        if address not in mined_counts:
+            mined_counts[address] = int(client.call("eth_getTransactionCount", [address, "latest"]), 16)
+        return mined_counts[address]
+
     for record in SentTransaction.objects.filter(status=TxStatus.PREPARING, created_at__lt=cutoff):
         _fail(record, "never broadcast (the sending process stopped before it)")
         settled["failed"] += 1
     for record in SentTransaction.objects.filter(status=TxStatus.SUBMITTED, submitted_at__lt=cutoff):
         if refresh_transaction(record, client):
             settled["mined"] += 1
-        elif int(client.call("eth_getTransactionCount", [record.from_address, "latest"]), 16) > record.nonce:
+        elif mined_count(record.from_address) > record.nonce:
             _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
             settled["failed"] += 1
         elif not any(client.batch([("eth_getTransactionByHash", [h]) for h in record.tx_hashes or [record.tx_hash]])):
