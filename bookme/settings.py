@@ -123,7 +123,10 @@ LOGGING = {
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["escrow.parsers.LimitedJSONParser"],
+    # ASCII-only JSON: a key echoed back in an error (an unknown field) may hold a lone
+    # surrogate, which cannot be encoded as UTF-8; escaped, every string can.
+    "UNICODE_JSON": False,
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {

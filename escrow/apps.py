@@ -1,6 +1,18 @@
+import sys
+
 from django.apps import AppConfig
+
+# Python's default. py_ecc (imported by eth_account) raises the limit to 100,000 for the whole
+# process; C code that recurses per level of input (json's scanner, on a request body) then
+# overflows a thread's C stack and kills the process before RecursionError can be raised.
+RECURSION_LIMIT = 1000
 
 
 class EscrowConfig(AppConfig):
     name = "escrow"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        import py_ecc  # noqa: F401  (its import-time side effect happens here, then is undone)
+
+        sys.setrecursionlimit(RECURSION_LIMIT)

@@ -4,6 +4,7 @@
   NotPermitted                                     → 403 {"detail": ...}
   IllegalTransition, BookingConflict               → 409 {"detail": ..., "status": current status}
   RpcError (chain node unreachable or erroring)    → 503 {"detail": ...}
+  RequestDataTooBig (body over DATA_UPLOAD_MAX_MEMORY_SIZE) → 413 {"detail": ...}
 Everything else goes to DRF's default handler (its own APIExceptions, Http404, PermissionDenied);
 what that does not know is a bug and stays a 500.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import logging
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import status
 from rest_framework.response import Response
@@ -52,5 +55,10 @@ def api_exception_handler(exc, context):
             {"detail": "The chain node is unavailable right now; try again shortly."},
             status=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, RequestDataTooBig):
+        return Response(
+            {"detail": f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."},
+            status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
         )
     return drf_exception_handler(exc, context)

@@ -111,8 +111,14 @@ def test_create_refuses_bad_input_naming_the_field(clients, customer, case, body
         (b"null", "application/json", 400),
         (b"provider=0x1", "application/x-www-form-urlencoded", 415),
         (b"<xml/>", "application/xml", 415),
+        # Deep enough to overflow the C stack (and kill the process) at py_ecc's recursion limit.
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
+        # An unknown key is echoed in the error; a lone surrogate in it must still render.
+        (b'{"\\ud800": 1}', "application/json", 400),
+        (b'{"description": "' + b"x" * 2_700_000 + b'"}', "application/json", 413),
     ],
-    ids=["truncated-json", "not-utf8", "nan-literal", "null-body", "form-encoded", "xml"],
+    ids=["truncated-json", "not-utf8", "nan-literal", "null-body", "form-encoded", "xml", "nested-100000-deep",
+         "surrogate-key", "over-upload-limit"],
 )
 @pytest.mark.parametrize(
     "path",
@@ -127,6 +133,15 @@ def test_malformed_bodies_are_4xx_json_on_every_post_endpoint(clients, customer,
     assert response.status_code == expected, response.content
     assert response["Content-Type"].startswith("application/json")
     assert response.json()
+
+
+def test_the_recursion_limit_is_pythons_default_after_setup():
+    # py_ecc raises it to 100,000 on import; escrow's AppConfig puts it back (see escrow.parsers).
+    import sys
+
+    import eth_account  # noqa: F401
+
+    assert sys.getrecursionlimit() == 1000
 
 
 def test_create_accepts_lower_case_and_checksummed_addresses_and_normalises(clients):
