@@ -376,7 +376,13 @@ class ChainTip:
 
 
 def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
-    """Head, finalized head and the canonical header at `cursor_block`, in one round trip."""
+    """Head, finalized head and the canonical header at `cursor_block`, in one round trip.
+
+    A node whose head is below `cursor_block` is behind us (a lagging backend of a load-balanced
+    URL, a fallback still syncing): its answer is refused as inconsistent, so the call fails
+    over. Read as "the chain got shorter", it would roll back events that are still canonical.
+    A reorg to a shorter chain is then seen once the chain is past the cursor again (by the
+    hash at the cursor), a few blocks later."""
     calls = [("eth_getBlockByNumber", ["latest", False]), ("eth_getBlockByNumber", ["finalized", False])]
     if cursor_block is not None:
         calls.append(("eth_getBlockByNumber", [hex(cursor_block), False]))
@@ -400,6 +406,8 @@ def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
                     raise RpcInconsistentAnswer("header for the wrong block number")
             elif cursor_block <= latest.number:
                 raise RpcInconsistentAnswer(f"node has no block {cursor_block} below its head")
+            if latest.number < cursor_block:
+                raise RpcInconsistentAnswer(f"node is behind: its head {latest.number} is below block {cursor_block}")
         parsed["tip"] = ChainTip(latest=latest, finalized=finalized, at_cursor=at_cursor)
 
     # allow_errors: a node without the `finalized` tag answers that call with an error.

@@ -273,14 +273,13 @@ def _scan_pass(client, target: _Target, report: ScanReport, deadline: float, act
     if cursor.halted:
         report.halted = True
         return True
-    tip = get_chain_tip(client, cursor.last_block if cursor.last_block >= 0 else None)
+    # The header at the cursor is asked for only when we hold its hash (a cursor set by hand
+    # may not): it is what a reorg is detected by, and a node behind it is failed over.
+    tip = get_chain_tip(client, cursor.last_block if cursor.last_block_hash else None)
     report.head = tip.latest.number
     metrics.HEAD_BLOCK.set(tip.latest.number)
     final = _final_block(tip)
-    moved_back = cursor.last_block_hash and (
-        (tip.at_cursor is None and cursor.last_block > tip.latest.number)
-        or (tip.at_cursor is not None and tip.at_cursor.hash != cursor.last_block_hash)
-    )
+    moved_back = tip.at_cursor is not None and tip.at_cursor.hash != cursor.last_block_hash
     if moved_back:
         if not _roll_back_reorg(client, target, cursor, tip.latest.number, report, actor):
             return True

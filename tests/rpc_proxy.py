@@ -7,7 +7,10 @@ except that eth_getLogs wider than `max_log_blocks` is refused the way hosted pr
 going away in the middle of a run). `seen` lists the methods asked, `requests` counts posts,
 `answer_sizes` the body size of each answer that held eth_getLogs results. With
 `declare_length=False` answers carry no Content-Length (the body ends when the connection
-closes), as a streaming node may send them.
+closes), as a streaming node may send them. `lag_blocks` makes the node look that many blocks
+behind: "latest" is an older header and blocks above it do not exist (a lagging backend).
+A method in `lose_answer_once` is forwarded the first time it is asked, and that answer is lost
+(HTTP 502 to the client: a gateway timing out after the node acted).
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ class RpcProxy:
         self.declare_length = declare_length
         self.answer_sizes: list[int] = []
         self.failing_methods: set[str] = set()
+        self.lag_blocks = 0
+        self.lose_answer_once: set[str] = set()
         self.seen: list[str] = []
         self.requests = 0
         proxy = self
@@ -80,6 +85,12 @@ class RpcProxy:
             return 200, json.dumps(out if isinstance(request, list) else out[0]).encode()
         if self.failing_methods.intersection(item["method"] for item in items):
             return 503, b""
+        lost = self.lose_answer_once.intersection(item["method"] for item in items)
+        if lost:
+            self.lose_answer_once -= lost
+            for item in items:
+                requests.post(self.upstream, json=item, timeout=30)
+            return 502, b""
         out = []
         for item in items:
             if item["method"] == "eth_getLogs" and self.max_log_blocks is not None:
@@ -92,8 +103,22 @@ class RpcProxy:
                                    f"[{hex(start)}, {hex(start + self.max_log_blocks - 1)}].",
                     }})
                     continue
+            if self.lag_blocks and item["method"] == "eth_getBlockByNumber":
+                out.append(self._lagging_block(item))
+                continue
             out.append(requests.post(self.upstream, json=item, timeout=30).json())
         payload = json.dumps(out if isinstance(request, list) else out[0]).encode()
         if "eth_getLogs" in (item["method"] for item in items):
             self.answer_sizes.append(len(payload))
         return 200, payload
+
+    def _lagging_block(self, item: dict) -> dict:
+        head = int(requests.post(self.upstream, json={"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber",
+                                                      "params": []}, timeout=30).json()["result"], 16)
+        visible = max(0, head - self.lag_blocks)
+        tag, full = item["params"]
+        number = visible if tag in ("latest", "safe", "finalized", "pending") else min(int(tag, 16), visible + 1)
+        if number > visible:
+            return {"jsonrpc": "2.0", "id": item["id"], "result": None}
+        forwarded = {**item, "params": [hex(number), full]}
+        return requests.post(self.upstream, json=forwarded, timeout=30).json()

@@ -10,7 +10,7 @@ from django.db import DatabaseError, connection
 
 from chain_events import scanner, services
 from chain_events.models import BlockHash, ChainEvent, EventStatus, SyncCursor
-from chain_events.rpc import get_rpc_client
+from chain_events.rpc import RpcError, get_rpc_client
 from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
 
 from .conftest import scan
@@ -165,6 +165,41 @@ def test_primary_rpc_answering_garbage_fails_over(flow, settings, mode):
     booking.refresh_from_db()
     assert booking.status == BookingStatus.COMPLETED
     assert get_rpc_client().health()[0]["total_failures"] >= 1
+
+
+@pytest.mark.parametrize("with_backup", [True, False], ids=["backup-up-to-date", "only-the-lagging-node"])
+def test_a_node_behind_the_cursor_is_not_a_reorg(flow, settings, with_backup):
+    """A lagging node (its head below our cursor, the cursor's block unknown to it) must not
+    roll back events that are still canonical: it is failed over, or the pass waits."""
+    with RpcProxy(flow.chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url, flow.chain.url] if with_backup else [proxy.url]
+        booking, _ = flow.paid_booking()
+        flow.chain.mine(3)
+        scan()
+        cursor = SyncCursor.objects.get()
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID and cursor.last_block == flow.chain.block_number()
+        proxy.lag_blocks = 5  # 5 blocks behind: the payment's block is above its head
+        if with_backup:
+            report = scanner.scan_chain()
+            assert report.removed == 0 and not report.errors
+            assert not get_rpc_client().health()[0]["healthy"]
+        else:
+            with pytest.raises(RpcError, match="behind"):
+                scanner.scan_chain()
+        assert not ChainEvent.objects.filter(status=EventStatus.REMOVED).exists()
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID and statuses(booking) == ["PAID"]
+        assert booking.signatures.get().consumed_at is not None
+        after = SyncCursor.objects.get()
+        assert not after.halted and after.last_block >= cursor.last_block
+        proxy.lag_blocks = 0  # caught up: scanning goes on where it was
+        flow.complete(booking)
+        scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.COMPLETED and statuses(booking) == ["PAID", "COMPLETED"]
+    assert PlatformFee.objects.filter(booking=booking).count() == 1
+    assert ProviderEarnings.objects.get().services_completed == 1
 
 
 def test_range_refused_by_provider_uses_its_suggested_range(flow, settings):
