@@ -14,9 +14,11 @@ outcome, and who asked for it and why.
 - Nonces: an `OperatorNonce` row per (chain, account) is locked (SELECT ... FOR UPDATE) while a
   nonce is chosen, the transaction signed and broadcast; concurrent senders (threads, Celery
   workers, web processes) queue on that row and never take the same nonce. The nonce is the
-  larger of the row's and the node's `eth_getTransactionCount(pending)`; the row is resynced
-  down to the node's count when it is ahead with no transaction of ours outstanding (a dropped
-  transaction would otherwise leave a gap that blocks every later one).
+  larger of the row's and the node's `eth_getTransactionCount(pending)`, except that a nonce
+  the node names and none of our live or mined transactions holds is used again (a dropped
+  transaction would otherwise leave a gap that blocks every later one). A "nonce too low"
+  answer for a transaction the node already has is the lost answer of an earlier delivery of
+  that same transaction, never a reason to send the call again under another nonce.
 - Receipts are awaited (polling every hash ever broadcast for this nonce). A transaction not
   mined after TX_REPLACE_AFTER_SECONDS is replaced: same nonce, same call, both fee caps raised
   by TX_FEE_BUMP_PERCENT (≥ 12.5 %, what nodes demand of a replacement) or to the current
@@ -188,20 +190,31 @@ def _lock_nonce_row(chain_id: int, address: str) -> OperatorNonce:
 
 
 def _choose_nonce(row: OperatorNonce, node_pending: int, record: SentTransaction) -> int:
+    """The row's next nonce, unless the node's pending count names a nonce none of our
+    transactions holds (sent and not given up, mined or reverted): a gap, e.g. a transaction
+    dropped after later ones were sent. The node holds every later transaction back until that
+    nonce is used, so it is filled first. A node that merely lags behind our own sends names a
+    nonce we hold, and the row's is taken."""
     if row.next_nonce <= node_pending:
         return node_pending
-    outstanding = (
+    held = (
         SentTransaction.objects.filter(
-            chain_id=row.chain_id, from_address=row.address, status=TxStatus.SUBMITTED, nonce__gte=node_pending
+            chain_id=row.chain_id, from_address=row.address, nonce=node_pending,
+            status__in=[TxStatus.SUBMITTED, TxStatus.MINED, TxStatus.REVERTED],
         )
         .exclude(pk=record.pk)
         .exists()
     )
-    if outstanding:
+    if held:
         return row.next_nonce
-    log.warning("operator nonce row for %s was at %d, node says %d with nothing outstanding: resynced",
-                row.address, row.next_nonce, node_pending)
+    log.warning("operator nonce %d of %s is held by none of our transactions (row at %d): filling it",
+                node_pending, row.address, row.next_nonce)
     return node_pending
+
+
+def _node_has(client: RpcClient, tx_hash: str) -> bool:
+    """The node knows this transaction (pending or mined)."""
+    return client.call("eth_getTransactionByHash", [tx_hash]) is not None
 
 
 def _submit(client: RpcClient, account, record: SentTransaction) -> None:
@@ -216,12 +229,20 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             try:
                 _broadcast(client, raw)
             except RpcResponseError as exc:
-                if attempt == 0 and _error_says(exc, "nonce too low", "nonce is too low", "already been used"):
+                nonce_used = _error_says(exc, "nonce too low", "nonce is too low", "already been used")
+                if nonce_used and _node_has(client, tx_hash):
+                    # Used by this very transaction: an earlier delivery of the same request
+                    # was taken and mined, its answer lost (a timeout, a 502), and the RPC
+                    # client's retry was told "nonce too low". Sending the call again under
+                    # the next nonce would run it twice.
+                    log.warning("broadcast of %s: its answer was lost, but the node has it", tx_hash)
+                elif attempt == 0 and nonce_used:
                     floor = nonce + 1  # someone else used it: try the next one
                     row.next_nonce = max(row.next_nonce, floor)
                     row.save(update_fields=["next_nonce", "updated_at"])
                     continue
-                raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
+                else:
+                    raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
             except RpcUnavailable:
                 # Maybe delivered, maybe not: keep the nonce and the hash; the receipt wait
                 # rebroadcasts the same signed transaction, which is harmless if it was delivered.

@@ -170,3 +170,61 @@ def test_stale_rows_get_an_outcome_and_a_dropped_nonce_is_used_again(chain_setti
     # Nothing outstanding any more: the next send takes the dropped nonce and is mined.
     after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test", reason="t")
     assert after.nonce == free_nonce and after.status == TxStatus.MINED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_lost_broadcast_answer_does_not_send_the_call_twice(chain_settings, settings):
+    """The node takes and mines the transaction but its answer is lost (502); the RPC client's
+    retry is told "nonce too low". That is our own transaction: recorded under its nonce, not
+    signed again under the next one."""
+    from tests.rpc_proxy import RpcProxy
+
+    chain = chain_settings
+    operator = operator_account().address
+    start = chain.w3.eth.get_transaction_count(operator, "latest")
+    with RpcProxy(chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.lose_answer_once = {"eth_sendRawTransaction"}
+        record = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+        assert not proxy.lose_answer_once and proxy.seen.count("eth_sendRawTransaction") == 2
+    assert record.status == TxStatus.MINED and record.nonce == start
+    assert chain.w3.eth.get_transaction_count(operator, "latest") == start + 1  # sent once
+    assert chain.w3.eth.get_transaction_receipt(record.tx_hash)["status"] == 1
+    assert OperatorNonce.objects.get(address=operator).next_nonce == start + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_nonce_gap_left_by_a_dropped_transaction_is_filled_first(chain_settings):
+    """A was given up (dropped) after B was sent under the next nonce: the node holds B back
+    until A's nonce is used. The next send fills the gap instead of queuing behind B."""
+    from reconciliation.transactions import _sign
+
+    chain = chain_settings
+    account = operator_account()
+    gap = chain.w3.eth.get_transaction_count(account.address, "pending")
+
+    def row(**fields):
+        return SentTransaction.objects.create(
+            purpose=TxPurpose.OTHER, chain_id=chain.chain_id, from_address=account.address, to_address=chain.usdc,
+            data="0x" + mint_call(account.address).hex(), actor="test", reason="t", **fields,
+        )
+
+    row(status=TxStatus.FAILED, nonce=gap, tx_hash="0x" + "cd" * 32, tx_hashes=["0x" + "cd" * 32])
+    fee = 2 * chain.w3.eth.get_block("latest")["baseFeePerGas"] + 10**9
+    held = row(gas_limit=200_000, max_fee_per_gas=fee, max_priority_fee_per_gas=10**9)
+    raw, tx_hash = _sign(account, held, gap + 1, fee, 10**9)
+    chain.rpc("eth_sendRawTransaction", [raw])
+    SentTransaction.objects.filter(pk=held.pk).update(
+        status=TxStatus.SUBMITTED, nonce=gap + 1, tx_hash=tx_hash, tx_hashes=[tx_hash]
+    )
+    OperatorNonce.objects.update_or_create(
+        chain_id=chain.chain_id, address=account.address, defaults={"next_nonce": gap + 2}
+    )
+    assert chain.w3.eth.get_transaction_count(account.address, "pending") == gap  # B is held back
+
+    filler = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(account.address, 2),
+                              actor="test", reason="t")
+    assert filler.nonce == gap and filler.status == TxStatus.MINED
+    chain.mine()
+    assert chain.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1  # B went through behind it
+    assert chain.w3.eth.get_transaction_count(account.address, "latest") == gap + 2
