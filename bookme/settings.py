@@ -128,6 +128,10 @@ REST_FRAMEWORK = {
     # surrogate, which cannot be encoded as UTF-8; escaped, every string can.
     "UNICODE_JSON": False,
     "UNAUTHENTICATED_USER": None,
+    # Per-IP rate limits identify the client by REMOTE_ADDR, or with N trusted proxies in front,
+    # by the address the outermost of them saw in X-Forwarded-For. DRF's default (None) takes
+    # the whole header, which any client can set to get a fresh limit per request.
+    "NUM_PROXIES": cfg.int("API_TRUSTED_PROXIES", 0, minimum=0),
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BookMe escrow API",

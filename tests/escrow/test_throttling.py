@@ -73,3 +73,26 @@ def test_sign_in_is_throttled_per_client_ip(db, settings):
     assert client.post("/api/auth/verify/", {}, format="json").status_code == 429
     other_ip = APIClient(REMOTE_ADDR="10.0.0.7")
     assert other_ip.post("/api/auth/nonce/", format="json").status_code == 201
+
+
+def test_a_forged_forwarded_for_header_does_not_reset_the_sign_in_limit(db, settings):
+    settings.SIWE_THROTTLE_RATE = "2/minute"
+    client = APIClient()
+    codes = [
+        client.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR=f"203.0.113.{i}").status_code
+        for i in range(4)
+    ]
+    assert codes == [201, 201, 429, 429]
+
+
+def test_behind_a_trusted_proxy_the_client_address_it_forwarded_is_the_identity(db, settings):
+    settings.SIWE_THROTTLE_RATE = "2/minute"
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    proxy = APIClient(REMOTE_ADDR="10.0.0.2")  # every request arrives from the proxy
+    first = [proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="198.51.100.1").status_code
+             for _ in range(3)]
+    assert first == [201, 201, 429]
+    # Another client behind the same proxy has its own budget; a forged address before the
+    # proxy's entry is ignored.
+    other = proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="1.2.3.4, 198.51.100.9")
+    assert other.status_code == 201
