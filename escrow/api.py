@@ -254,7 +254,7 @@ class SignInView(APIView):
         serializer = SignInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         message = verify_sign_in(serializer.validated_data["message"], serializer.validated_data["signature"])
-        issued = issue_wallet_token(message.address)
+        issued = issue_wallet_token(message.address, not_after=message.expiration_time)
         body = {"token": issued.token, "token_type": "Bearer", "address": issued.address, "expires_at": issued.expires_at}
         return Response(WalletTokenSerializer(body).data)
 

@@ -36,11 +36,17 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def issue_wallet_token(address: str, *, now: datetime | None = None) -> IssuedToken:
-    """A new random token for `address` (already verified and checksummed by the caller)."""
+def issue_wallet_token(
+    address: str, *, now: datetime | None = None, not_after: datetime | None = None
+) -> IssuedToken:
+    """A new random token for `address` (already verified and checksummed by the caller), valid
+    WALLET_TOKEN_TTL_SECONDS or until `not_after` if sooner (the sign-in message's Expiration
+    Time: the wallet signed for no longer than that)."""
     now = now or timezone.now()
     token = secrets.token_urlsafe(32)
     expires_at = now + timedelta(seconds=settings.WALLET_TOKEN_TTL_SECONDS)
+    if not_after is not None:
+        expires_at = min(expires_at, not_after)
     record = WalletToken.objects.create(address=address, token_hash=hash_token(token), expires_at=expires_at)
     return IssuedToken(token=token, address=address, expires_at=expires_at, record=record)
 

@@ -42,6 +42,21 @@ def test_sign_in_issues_a_token_bound_to_the_wallet(customer):
     assert record.address == customer.address and len(record.token_hash) == 64  # only the hash is stored
 
 
+def test_the_token_lives_no_longer_than_the_messages_expiration_time(customer, settings):
+    client = APIClient()
+    soon = timezone.now() + timedelta(minutes=1)
+    message = siwe_message(customer.address, _nonce(client), expiration_time=soon)
+    response = _verify(client, message, personal_sign(customer, message))
+    assert response.status_code == 200, response.content
+    record = WalletToken.objects.get()
+    assert abs((record.expires_at - soon).total_seconds()) < 1  # not the 24 h default
+    # Without an Expiration Time the setting decides.
+    message = siwe_message(customer.address, _nonce(client))
+    assert _verify(client, message, personal_sign(customer, message)).status_code == 200
+    latest = WalletToken.objects.latest("id")
+    assert latest.expires_at - latest.created_at > timedelta(seconds=settings.WALLET_TOKEN_TTL_SECONDS - 5)
+
+
 def test_a_lower_case_message_address_is_refused(customer):
     client = APIClient()
     message = siwe_message(customer.address.lower(), _nonce(client))
