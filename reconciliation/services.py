@@ -367,7 +367,10 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
         after = dict(Booking.objects.filter(chain_booking_id__in=to_repair).values_list("chain_booking_id", "status"))
         unrepaired = []
         for cid in to_repair:
-            if IMPLIED_CHAIN_STATUS[after[cid]] == chain[cid].status:
+            implied_after = IMPLIED_CHAIN_STATUS[after[cid]]
+            # Past the chain's state at `block` counts too: the scanner may have applied a later
+            # event (a completion after the payment repaired here) before this re-read.
+            if implied_after == chain[cid].status or _CHAIN_RANK[implied_after] > _CHAIN_RANK[chain[cid].status]:
                 report.repaired += 1
             else:
                 unrepaired.append(cid)

@@ -163,3 +163,30 @@ def test_a_run_exports_its_differences_as_metrics(make_booking, pay):
     pay(make_booking())
     reconcile_bookings(trigger="test")
     assert repaired_total() == before + 1
+
+
+def test_a_booking_the_scanner_moves_on_during_the_repair_is_not_flagged(
+    chain_settings, monkeypatch, make_booking, pay, customer
+):
+    """Repaired to PAID at the run's block; before the re-read the scanner applies a completion
+    mined after that block. Further along than the chain at `block` is repaired, not UNREPAIRED."""
+    from reconciliation import services
+
+    from .conftest import scan_to_head
+
+    booking = make_booking()
+    pay(booking)  # the scanner is not running: the database is behind
+    real_apply_logs = services.scanner.apply_logs
+
+    def apply_then_the_scanner_moves_on(*args, **kwargs):
+        outcome = real_apply_logs(*args, **kwargs)
+        chain_settings.complete_service(booking.chain_booking_id, customer.address)
+        scan_to_head(chain_settings)
+        return outcome
+
+    monkeypatch.setattr(services.scanner, "apply_logs", apply_then_the_scanner_moves_on)
+    report = reconcile_bookings(trigger="test")
+    assert (report.repaired, report.flagged) == (1, 0)
+    booking.refresh_from_db()
+    assert booking.status == S.COMPLETED and not booking.needs_attention
+    assert not ReconciliationFlag.objects.exists()
