@@ -159,10 +159,11 @@ class OrphanAdmin(ConsoleModelAdmin):
             return f"emergencyCancelBooking tx {record.tx_hash} ({record.status})"
 
         return confirm_with_reason(
-            self, request, queryset.filter(status=OrphanStatus.OPEN),
+            self, request, queryset.filter(status__in=[OrphanStatus.OPEN, OrphanStatus.IGNORED]),
             title="Refund orphan",
             warning="emergencyCancelBooking refunds the full amount to the paying wallet from the operator "
-                    "account. The orphan shows resolved once the refund's log is processed.",
+                    "account. An ignored orphan is reopened first. The orphan shows resolved once the "
+                    "refund's log is processed.",
             perform=perform,
             done="Refund sent",
         )

@@ -446,17 +446,24 @@ def refund_orphan(orphan: Orphan, *, actor: str, reason: str) -> SentTransaction
 
     The orphan becomes RESOLVED when its BookingCancelled log is processed (scanner / handlers,
     resolved_by "chain"); this records who asked and why in its note and on the transaction.
+    An IGNORED orphan whose money is still escrowed can be refunded too (staff changed their
+    mind, or new facts came in): it is reopened first, with who and why in its note, so the
+    money never stays in the escrow for want of a way out.
     """
     reason = _require_reason(reason)
     with _in_flight_guard(f"reconciliation:orphan-refund:{orphan.pk}", actor):
         orphan = Orphan.objects.get(pk=orphan.pk)
-        if orphan.status != OrphanStatus.OPEN:
-            raise ActionRefused(f"the orphan is {orphan.status}, not OPEN")
+        if orphan.status not in (OrphanStatus.OPEN, OrphanStatus.IGNORED):
+            raise ActionRefused(f"the orphan is {orphan.status}, not OPEN or IGNORED")
         if orphan.chain_status != "PAID":
             raise ActionRefused(f"nothing to refund: the chain shows {orphan.chain_status}")
         previous = _already_sent(orphan=orphan, purpose=TxPurpose.EMERGENCY_CANCEL)
         if previous is not None:
             raise ActionRefused(f"a refund was already sent ({previous.status}, tx {previous.tx_hash or 'pending'})")
+        if orphan.status == OrphanStatus.IGNORED:
+            orphan.status, orphan.resolved_by, orphan.resolved_at = OrphanStatus.OPEN, "", None
+            orphan.note = (orphan.note + f"\nreopened by {actor} to refund it: {reason}").strip()
+            orphan.save(update_fields=["status", "resolved_by", "resolved_at", "note", "updated_at"])
         record = send_transaction(
             purpose=TxPurpose.EMERGENCY_CANCEL,
             data=escrow_call("emergencyCancelBooking", _booking_id_bytes(orphan.chain_booking_id), reason),

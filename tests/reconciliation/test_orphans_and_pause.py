@@ -69,18 +69,32 @@ def test_an_orphan_is_refunded_on_chain_and_resolved_when_its_log_is_scanned(cha
     orphan.refresh_from_db()
     assert (orphan.status, orphan.chain_status, orphan.resolved_by) == (OrphanStatus.RESOLVED, "CANCELLED", "chain")
     assert "refund sent by staff:op" in orphan.note
-    with pytest.raises(ActionRefused, match="not OPEN"):
+    with pytest.raises(ActionRefused, match="not OPEN or IGNORED"):
         refund_orphan(orphan, actor="staff:op", reason="again")
 
 
-def test_ignore_an_orphan_needs_a_reason(make_orphan):
+def test_ignore_an_orphan_needs_a_reason(make_orphan, settings):
     orphan = make_orphan()
     with pytest.raises(ActionRefused, match="reason"):
         ignore_orphan(orphan, actor="staff:op", reason="  ")
     ignored = ignore_orphan(orphan, actor="staff:op", reason="customer paid twice; refunded off-chain")
     assert ignored.status == OrphanStatus.IGNORED and "customer paid twice" in ignored.note
-    with pytest.raises(ActionRefused):
-        refund_orphan(ignored, actor="staff:op", reason="too late")
+    settings.ORPHAN_AUTO_REFUND, settings.ORPHAN_REFUND_GRACE_SECONDS = True, 0
+    assert tasks.auto_refund_orphans()["refunded"] == 0  # the policy never refunds an ignored one
+
+
+def test_an_ignored_orphan_can_still_be_refunded_and_is_reopened_first(chain_settings, customer, make_orphan):
+    chain = chain_settings
+    orphan = ignore_orphan(make_orphan(), actor="staff:op", reason="looked like a duplicate")
+    balance_before = chain.usdc_balance(customer.address)
+    record = refund_orphan(orphan, actor="staff:lead", reason="not a duplicate after all")
+    assert record.status == TxStatus.MINED
+    assert chain.usdc_balance(customer.address) == balance_before + 42_000_000
+    orphan.refresh_from_db()
+    assert orphan.status == OrphanStatus.OPEN and "reopened by staff:lead to refund it" in orphan.note
+    scan_to_head(chain)
+    orphan.refresh_from_db()
+    assert (orphan.status, orphan.chain_status, orphan.resolved_by) == (OrphanStatus.RESOLVED, "CANCELLED", "chain")
 
 
 def test_orphan_auto_refund_follows_the_policy_and_grace(settings, make_orphan):
