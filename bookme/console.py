@@ -246,12 +246,26 @@ def attention_summary(*, now=None) -> Attention:
             f"Sync lag (chain {cursor.chain_id}), blocks", "?" if lag is None else lag,
             _changelist("chain_events_synccursor"), severity, detail,
         ))
-    last_pause = EmergencyPause.objects.filter(succeeded=True).first()
-    if last_pause is not None and last_pause.action == "pause":
+    # The contract's own paused() (cached a few seconds), not our last pause record: the owner
+    # may unpause outside this backend, and a pause whose receipt wait timed out still counts.
+    from chain_events.rpc import RpcError
+    from reconciliation.services import contract_paused
+
+    try:
+        paused = contract_paused()
+    except RpcError as exc:
         items.append(AttentionItem(
-            "Contract paused", "yes", _changelist("reconciliation_emergencypause"), "critical",
-            f"by {last_pause.actor} at {last_pause.created_at:%Y-%m-%d %H:%M}: {last_pause.reason}",
+            "Contract paused", "unknown", _changelist("reconciliation_emergencypause"), "warning",
+            f"paused() could not be read: {exc}",
         ))
+    else:
+        if paused:
+            last_pause = EmergencyPause.objects.filter(action="pause").first()
+            detail = "not paused by this backend" if last_pause is None else (
+                f"last pause sent by {last_pause.actor} at {last_pause.created_at:%Y-%m-%d %H:%M}: {last_pause.reason}")
+            items.append(AttentionItem(
+                "Contract paused", "yes", _changelist("reconciliation_emergencypause"), "critical", detail,
+            ))
     last_report = ReconciliationReport.objects.first()
     if last_report is not None:
         severity = "warning" if last_report.status == "FAILED" or last_report.errors else "ok"

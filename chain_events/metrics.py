@@ -115,7 +115,7 @@ LAST_REPORT_KINDS = ("repaired", "flagged", "errors", "expired", "cancellations_
 class ConsoleStateCollector:
     """Database-backed gauges of what the operators' console shows, computed when scraped:
     open dead letters, open reconciliation flags, the last reconciliation run, stuck bookings,
-    the age of the last scan, and whether the contract was paused by the backend."""
+    the age of the last scan, and whether the contract is paused (its paused() view, cached)."""
 
     def describe(self):
         return [
@@ -147,10 +147,12 @@ class ConsoleStateCollector:
         )
         last_run_failed = GaugeMetricFamily("bookme_reconciliation_last_run_failed", "1 when the last run stopped on an error")
         stuck = GaugeMetricFamily("bookme_bookings_stuck", "Bookings stuck over an hour (bookme.console.stuck_bookings)")
-        paused = GaugeMetricFamily("bookme_contract_paused", "1 when the last pause/unpause the backend sent was a pause")
+        paused = GaugeMetricFamily(
+            "bookme_contract_paused", "1 while the escrow contract's paused() is true (absent when it cannot be read)"
+        )
         try:
             from bookme.console import stuck_bookings
-            from reconciliation.models import EmergencyPause, ReconciliationFlag, ReconciliationReport
+            from reconciliation.models import ReconciliationFlag, ReconciliationReport
 
             from .models import ChainEvent, EventStatus, SyncCursor
 
@@ -170,8 +172,14 @@ class ConsoleStateCollector:
                 last_run_at.add_metric([], report.finished_at.timestamp())
                 last_run_failed.add_metric([], 1 if report.status == "FAILED" else 0)
             stuck.add_metric([], stuck_bookings(now=now).count())
-            last_pause = EmergencyPause.objects.filter(succeeded=True).first()
-            paused.add_metric([], 1 if last_pause is not None and last_pause.action == "pause" else 0)
+            from reconciliation.services import contract_paused
+
+            from .rpc import RpcError
+
+            try:
+                paused.add_metric([], 1 if contract_paused() else 0)  # cached CONTRACT_PAUSED_CACHE_SECONDS
+            except RpcError as exc:
+                log.warning("bookme_contract_paused not exported: %s", exc)
         except Exception as exc:  # a scrape must never fail because the database is away
             log.warning("console metrics unavailable: %s", exc)
             return []

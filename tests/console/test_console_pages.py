@@ -42,6 +42,30 @@ def test_index_shows_what_needs_attention(clients, booking):
     assert b"only the operators group may act" in clients["reader"].get(reverse("admin:index")).content
 
 
+@pytest.mark.chain
+def test_paused_in_the_console_and_metrics_is_the_contracts_own_state(chain_settings, clients):
+    """Paused by the backend, then unpaused by the owner outside it (the usual multisig path):
+    the console and the gauge follow paused() on chain, not the backend's last pause record."""
+    from django.core.cache import cache
+
+    from reconciliation.services import PAUSED_CACHE_KEY, pause_contract
+
+    from .test_metrics import sample, scrape
+
+    def paused_item():
+        response = clients["operator"].get(reverse("admin:index"))
+        return {item.label: item for item in response.context["attention"].items}.get("Contract paused")
+
+    assert paused_item() is None and sample(scrape(), "bookme_contract_paused") == 0
+    pause_contract(actor="staff:olivia", reason="incident")
+    item = paused_item()
+    assert (item.count, item.severity) == ("yes", "critical") and "staff:olivia" in item.detail
+    assert sample(scrape(), "bookme_contract_paused") == 1
+    chain_settings.transact(chain_settings.escrow_contract.functions.unpause(), chain_settings.accounts.deployer.address)
+    cache.delete(PAUSED_CACHE_KEY)  # past CONTRACT_PAUSED_CACHE_SECONDS
+    assert paused_item() is None and sample(scrape(), "bookme_contract_paused") == 0
+
+
 def test_index_is_login_only(clients):
     response = clients["anonymous"].get(reverse("admin:index"))
     assert response.status_code == 302 and response["Location"].startswith(reverse("admin:login"))
