@@ -120,29 +120,41 @@ class BookingSnapshot:
 
 
 def lock_bookings(chain_booking_ids: list[str]) -> dict[str, BookingSnapshot]:
-    """Lock (FOR UPDATE, in id order: no deadlocks between writers) and read these bookings."""
+    """Lock (FOR UPDATE, in id order: no deadlocks between writers) and read these bookings.
+
+    Their fee rows are read by a second statement, once the locks are held. Joined into the
+    locking SELECT, a fee row another writer committed while this one waited for the lock
+    would be missed: PostgreSQL re-reads the locked row after the wait, not the joined ones.
+    """
     if not chain_booking_ids:
         return {}
-    sql = f"""
+    lock_sql = f"""
         SELECT b.id, b.chain_booking_id, b.status, b.customer_address, b.provider_address, b.inviter_address,
                b.amount, b.platform_fee_rate, b.inviter_fee_rate, b.payment_tx_hash, b.completion_tx_hash,
-               b.cancellation_tx_hash, b.chain_confirmed_at, b.chain_data, b.needs_attention, b.attention_reason,
-               f.id, f.platform_amount, f.inviter_amount, f.provider_amount, f.tx_hash
-        FROM {_BOOKING} b LEFT JOIN {_FEE} f ON f.booking_id = b.id
+               b.cancellation_tx_hash, b.chain_confirmed_at, b.chain_data, b.needs_attention, b.attention_reason
+        FROM {_BOOKING} b
         WHERE b.chain_booking_id = ANY(%b::text[])
         ORDER BY b.id
-        FOR UPDATE OF b
+        FOR UPDATE
+    """
+    fee_sql = f"""
+        SELECT f.booking_id, f.id, f.platform_amount, f.inviter_amount, f.provider_amount, f.tx_hash
+        FROM {_FEE} f WHERE f.booking_id = ANY(%b::bigint[])
     """
     out = {}
     with server_binding_cursor() as cursor:
-        cursor.execute(sql, [list(chain_booking_ids)])
-        for row in cursor.fetchall():
-            fee = None
-            if row[16] is not None:
-                fee = FeeRow(int(row[17]), int(row[18]), int(row[19]), row[20], id=row[16])
+        cursor.execute(lock_sql, [list(chain_booking_ids)])
+        rows = cursor.fetchall()
+        fees = {}
+        if rows:
+            cursor.execute(fee_sql, [[row[0] for row in rows]])
+            fees = {
+                row[0]: FeeRow(int(row[2]), int(row[3]), int(row[4]), row[5], id=row[1]) for row in cursor.fetchall()
+            }
+        for row in rows:
             out[row[1]] = BookingSnapshot(
                 row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7], row[8], row[9], row[10],
-                row[11], row[12], _json_value(row[13]), row[14], row[15], fee,
+                row[11], row[12], _json_value(row[13]), row[14], row[15], fees.get(row[0]),
             )
     return out
 
