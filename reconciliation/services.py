@@ -519,12 +519,19 @@ def auto_refund_orphans(*, now: datetime | None = None) -> dict:
 # -- bookings: emergency cancel and operator completion -----------------------------------------------
 def emergency_cancel_booking(booking: Booking, *, actor: str, reason: str) -> SentTransaction:
     """Full refund of a paid booking to its customer (emergencyCancelBooking; works while paused).
-    The booking becomes CANCELLED when the BookingCancelled log is processed."""
+    The booking becomes CANCELLED when the BookingCancelled log is processed.
+
+    What decides is the contract's state, read now, not the booking's status: money escrowed on
+    chain must have a way out even when the database disagrees (a payment event that could not
+    be applied, a booking expired meanwhile)."""
     reason = _require_reason(reason)
     with _in_flight_guard(f"reconciliation:booking-tx:{booking.pk}", actor):
         booking = Booking.objects.get(pk=booking.pk)
-        if IMPLIED_CHAIN_STATUS[booking.status] != "PAID":
-            raise ActionRefused(f"the booking is {booking.status}: only a paid booking can be refunded")
+        on_chain = read_chain_bookings([booking.chain_booking_id])[booking.chain_booking_id].status
+        if on_chain != "PAID":
+            raise ActionRefused(
+                f"nothing to refund: the chain shows {on_chain} for this booking (the database says {booking.status})"
+            )
         previous = _already_sent(booking=booking, purpose__in=[TxPurpose.EMERGENCY_CANCEL, TxPurpose.OPERATOR_COMPLETE])
         if previous is not None:
             raise ActionRefused(f"a {previous.purpose} transaction was already sent ({previous.status})")

@@ -223,6 +223,30 @@ def test_operator_emergency_cancels_a_paid_booking(clients, operator, paid_booki
 
 
 @pytest.mark.chain
+def test_emergency_cancel_follows_the_chain_not_the_database_status(clients, operator, chain_settings):
+    """Paid on chain, but the database never applied it and expired the booking: the money is
+    escrowed and the refund must still be possible. Unpaid on chain: refused, nothing sent."""
+    from escrow.models import StatusSource
+    from escrow.state import transition
+    from reconciliation.services import ActionRefused, emergency_cancel_booking
+
+    from .conftest import make_booking, pay_on_chain
+
+    customer = chain_settings.accounts.customers[0]
+    booking = make_booking(customer.address)
+    pay_on_chain(chain_settings, booking, customer)  # not applied here
+    transition(booking, "EXPIRED", source=StatusSource.RECONCILIATION, actor="test", note="authorization lapsed")
+    balance_before = chain_settings.usdc_balance(customer.address)
+    sent = emergency_cancel_booking(booking, actor="staff:olivia", reason=REASON)
+    assert sent.status == TxStatus.MINED
+    assert chain_settings.usdc_balance(customer.address) == balance_before + 25_000_000
+    unpaid = make_booking(customer.address)
+    with pytest.raises(ActionRefused, match="the chain shows NONE"):
+        emergency_cancel_booking(unpaid, actor="staff:olivia", reason=REASON)
+    assert not SentTransaction.objects.filter(booking=unpaid).exists()
+
+
+@pytest.mark.chain
 def test_operator_refunds_an_orphan(clients, operator, orphan, chain_settings):
     customer = chain_settings.accounts.customers[1].address
     balance_before = chain_settings.usdc_balance(customer)
