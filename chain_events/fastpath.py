@@ -45,6 +45,9 @@ class ReceiptOutcome:
     inserted: int = 0
     # Mined, but fewer than CHAIN_CONFIRMATIONS blocks deep: left to the scanner.
     awaiting_confirmations: bool = False
+    # In a block other than the one the scanner applied at that height (the answering node is
+    # on a fork the chain left): left to the scanner, nothing stored.
+    off_canonical: bool = False
     # Bookings re-derived from their stored events and brought in line with them.
     bookings_applied: int = 0
 
@@ -97,6 +100,12 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         return outcome
     outcome.events = decode_receipt_logs(receipt, contract_address=contract)
     if not outcome.events:
+        return outcome
+    held = scanner.held_block_hash(outcome.block_number)
+    if held is not None and held != receipt["blockHash"].lower():
+        log.warning("fast path: tx %s is in block %s %s, the scanner applied %s at that height: left to the scanner",
+                    tx_hash, outcome.block_number, receipt["blockHash"], held)
+        outcome.off_canonical = True
         return outcome
     confirmations = settings.CHAIN_CONFIRMATIONS
     if confirmations and int(client.call("eth_blockNumber"), 16) - outcome.block_number < confirmations:

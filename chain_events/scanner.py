@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ScanReport", "LogsOutcome", "ReplayReport", "RetryReport",
-    "scan_chain", "apply_logs", "replay_range", "retry_failed_events", "get_cursor", "rewind_cursor",
+    "scan_chain", "apply_logs", "replay_range", "retry_failed_events", "get_cursor", "rewind_cursor", "held_block_hash",
 ]
 
 
@@ -180,6 +180,19 @@ def get_cursor(target: _Target | None = None) -> SyncCursor:
         defaults={"last_block": settings.CHAIN_START_BLOCK - 1, "range_size": settings.CHAIN_LOG_RANGE_INITIAL},
     )
     return cursor
+
+
+def held_block_hash(number: int) -> str | None:
+    """The hash of block `number` as the scanner applied it, while the block is in the
+    unfinalized window it holds (None outside it)."""
+    target = _target()
+    return (
+        BlockHash.objects.filter(
+            cursor__chain_id=target.chain_id, cursor__contract_address=target.contract, number=number
+        )
+        .values_list("hash", flat=True)
+        .first()
+    )
 
 
 def rewind_cursor(block: int, *, reason: str = "") -> SyncCursor:

@@ -262,7 +262,7 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
     booking.refresh_from_db()
     log.info("booking %s: %s reported tx %s (%s)", booking.uuid, actor or "someone", tx_hash, ", ".join(events))
     return TransactionSubmission(
-        status="pending" if outcome.awaiting_confirmations else "mined",
+        status="pending" if outcome.awaiting_confirmations or outcome.off_canonical else "mined",
         tx_hash=tx_hash,
         block_number=outcome.block_number,
         events=events,

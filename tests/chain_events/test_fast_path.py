@@ -265,6 +265,35 @@ def test_a_mined_payment_below_the_confirmation_depth_is_left_to_the_scanner(
     assert submit(client, booking, tx_hash).json()["booking_status"] == "PAID"
 
 
+def test_a_receipt_from_a_block_the_chain_left_is_left_to_the_scanner(
+    chain_settings, monkeypatch, make_booking, customer, client
+):
+    """A node still on an abandoned fork answers the receipt in another block at a height the
+    scanner already applied: nothing is stored or re-applied, and the stored row keeps the
+    canonical block hash."""
+    from chain_events import fastpath
+
+    booking = make_booking()
+    tx_hash = pay(chain_settings, booking, customer)
+    scan_to_head(chain_settings)
+    event = ChainEvent.objects.get()
+    assert scanner.held_block_hash(event.block_number) == event.block_hash
+    real_get_receipt = fastpath.get_receipt
+
+    def stale_fork_receipt(client_, tx):
+        receipt = real_get_receipt(client_, tx)
+        return {**receipt, "blockHash": "0x" + "0f" * 32,
+                "logs": [{**log, "blockHash": "0x" + "0f" * 32} for log in receipt["logs"]]}
+
+    monkeypatch.setattr(fastpath, "get_receipt", stale_fork_receipt)
+    changes_before = BookingStatusChange.objects.count()
+    response = submit(client, booking, tx_hash)
+    assert response.status_code == 202, response.content
+    assert (response.json()["status"], response.json()["booking_status"]) == ("pending", "PAID")
+    assert ChainEvent.objects.get().block_hash == event.block_hash
+    assert BookingStatusChange.objects.count() == changes_before
+
+
 def test_rpc_down_is_a_503_json_answer(chain_settings, settings, make_booking, client):
     settings.CHAIN_RPC_URLS = ["http://127.0.0.1:9"]  # nothing listens there
     settings.RPC_RETRIES = 0
