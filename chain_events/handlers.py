@@ -170,6 +170,7 @@ def apply_events(
     now=None,
     status_source: str = StatusSource.CHAIN,
     turn: ApplyTurn = NO_TURN,
+    must_apply: frozenset[str] = frozenset(),
 ) -> ApplyOutcome:
     """Bring every booking in `touched` in line with all its stored events.
 
@@ -181,6 +182,9 @@ def apply_events(
     raised (the caller's transaction decides), e.g. for reorg rollbacks. `status_source` is
     the BookingStatusChange source (`chain`, or `reconciliation` when it applies logs).
     `turn` orders this call against a scanner range applied in parallel (see ApplyTurn).
+    `must_apply` are bookings whose failure has no row of this call to be recorded on (e.g.
+    re-derived because their events left the chain): if one of them fails, the failure is
+    raised like strict=True, or it would be lost with the booking keeping a stale state.
     Must run inside a transaction.
     """
     now = now or timezone.now()
@@ -218,6 +222,8 @@ def apply_events(
             except Superseded:
                 raise
             except Exception as booking_exc:  # one bad booking must not block the others
+                if chain_booking_id in must_apply:
+                    raise
                 _record_failure(chain_booking_id, new_event_ids.get(chain_booking_id, []), booking_exc, now, outcome)
     metrics.APPLY_SECONDS.observe(time.perf_counter() - started)
     return outcome

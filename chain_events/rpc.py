@@ -29,7 +29,12 @@ RPC_CALLS = Counter("bookme_rpc_requests_total", "HTTP round trips to RPC endpoi
 # JSON-RPC error codes that mean the node cannot answer now (rate limit, resource limits,
 # unknown block on a lagging node); another endpoint may.
 _FAILOVER_CODES = {-32005, -32603, 429}
-_FAILOVER_MESSAGES = ("header not found", "unknown block", "rate limit", "too many requests", "service unavailable")
+_FAILOVER_MESSAGES = (
+    "header not found", "unknown block", "rate limit", "too many requests", "service unavailable",
+    # Infura's -32005 "project ID request rate exceeded" (the same code also means "too many
+    # results", so the wording decides): a rate limit, not a reason to shrink a log range.
+    "rate exceeded",
+)
 
 
 class RpcError(Exception):
@@ -526,8 +531,10 @@ def get_logs_checked(
         message = str(logs)
         hint = suggested_range(message)
         lowered = message.lower()
-        if hint or any(word in lowered for word in _RANGE_ERROR_WORDS):
+        if (hint or any(word in lowered for word in _RANGE_ERROR_WORDS)) and to_block > from_block:
             raise LogRangeTooLarge(message, suggested_to=hint[1] if hint else None, code=logs.code)
+        # A single block cannot be split: its refusal is the node's failure, raised to the
+        # caller (the scan pass ends and the next beat tries again) instead of asked again at once.
         raise logs
     return logs, parsed["header"]
 

@@ -199,13 +199,19 @@ def rewind_cursor(block: int, *, reason: str = "") -> SyncCursor:
     """Move the cursor back to `block` (the next scan re-reads everything after it) and un-halt it.
 
     Rows stored for the rescanned blocks that the chain no longer has are marked REMOVED by
-    the rescan (see `_ingest`), and their bookings re-derived.
+    the rescan (see `_ingest`), and their bookings re-derived. A block after the cursor's is
+    refused (ValueError): the blocks skipped would never be scanned.
     """
     target = _target()
     with transaction.atomic():
         cursor = get_cursor(target)
         cursor = SyncCursor.objects.select_for_update().get(pk=cursor.pk)
         block = max(block, settings.CHAIN_START_BLOCK - 1)
+        if block > cursor.last_block:
+            raise ValueError(
+                f"the cursor moves back only: block {block} is after its block {cursor.last_block}, "
+                "and the blocks in between would never be scanned"
+            )
         held = BlockHash.objects.filter(cursor=cursor, number=block).values_list("hash", flat=True).first()
         BlockHash.objects.filter(cursor=cursor, number__gt=block).delete()
         cursor.last_block = block
@@ -803,7 +809,11 @@ def _ingest(
         outcome.add(
             handlers.apply_events(
                 chain_id=target.chain_id, contract=target.contract, touched=touched, new_event_ids=inserted,
-                actor=actor, now=now, turn=turn, **kwargs,
+                actor=actor, now=now, turn=turn,
+                # Re-derived only because rows of theirs were removed: no new row to mark FAILED,
+                # so a failure rolls the range back (retried next pass) rather than being lost.
+                must_apply=frozenset(cid for cid in removed if not inserted.get(cid)),
+                **kwargs,
             )
         )
     return outcome

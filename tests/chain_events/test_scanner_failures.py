@@ -97,6 +97,9 @@ def test_reorg_deeper_than_the_window_halts_the_scanner(flow, settings):
     cursor = SyncCursor.objects.get()
     assert cursor.halted and "below the unfinalized window" in cursor.halt_reason
     assert scan().halted  # stays halted until staff rewind
+    with pytest.raises(ValueError, match="moves back only"):  # would skip blocks for good
+        scanner.rewind_cursor(SyncCursor.objects.get().last_block + 5, reason="typo")
+    assert SyncCursor.objects.get().halted
     scanner.rewind_cursor(chain.start_block, reason="checked the explorer")
     report = scan()
     assert not report.halted and report.removed == 1  # the rescan finds the payment gone
@@ -224,6 +227,34 @@ def test_too_many_results_refetches_smaller(flow, settings):
     assert report.range_shrinks >= 1
     assert report.logs == 12
     assert Booking.objects.filter(status=BookingStatus.PAID).count() == 12
+
+
+def test_a_refused_single_block_ends_the_pass_instead_of_asking_again_at_once(flow, settings):
+    """A node that refuses even a one-block range (here: every range): nothing smaller can be
+    asked, so the refusal is raised (the next beat tries again), not repeated until the pass's
+    deadline. Nothing is applied and the cursor stays before the refused block."""
+    booking, _ = flow.paid_booking()
+    start = SyncCursor.objects.filter().values_list("last_block", flat=True).first()
+    with RpcProxy(flow.chain.url, max_log_blocks=0) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        with pytest.raises(RpcError, match="query returned more than"):
+            scanner.scan_chain(max_seconds=30)
+        assert proxy.seen.count("eth_getLogs") < 20  # shrunk to one block, asked once more, given up
+    cursor = SyncCursor.objects.get()
+    assert start is None or cursor.last_block == start
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT and not ChainEvent.objects.exists()
+    settings.CHAIN_RPC_URLS = [flow.chain.url]  # a node that answers: scanning goes on
+    scan()
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID
+
+
+def test_a_rate_limit_fails_over_and_is_not_a_range_refusal():
+    from chain_events.rpc import RpcResponseError, _should_fail_over
+
+    assert _should_fail_over(RpcResponseError("project ID request rate exceeded", code=-32005))
+    assert not _should_fail_over(RpcResponseError("query returned more than 10000 results", code=-32005))
 
 
 @pytest.mark.parametrize("declare_length", [True, False], ids=["content-length", "until-close"])
@@ -419,3 +450,35 @@ def test_a_reorg_rollback_that_cannot_rebuild_a_booking_leaves_everything_for_th
     booking.refresh_from_db()
     assert booking.status == BookingStatus.PENDING_PAYMENT
     assert ChainEvent.objects.get().status == EventStatus.REMOVED
+
+
+def test_a_removed_fast_path_payment_whose_rebuild_fails_is_not_lost(flow):
+    """The fast path applied a payment ahead of the cursor; its block then left the chain. The
+    range that finds the row stale has no new row to mark FAILED for that booking: a failed
+    rebuild rolls the range back (the next pass tries again) instead of leaving it PAID."""
+    from chain_events.fastpath import process_transaction
+
+    chain = flow.chain
+    scan()
+    cursor_before = SyncCursor.objects.get().last_block
+    booking, receipt = flow.paid_booking()
+    process_transaction(receipt["transactionHash"].to_0x_hex())
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID
+    chain.rpc("anvil_reorg", [1, []])  # the payment's block is replaced; the payment is gone
+    _break_booking_updates(booking.pk)
+    try:
+        with pytest.raises(DatabaseError):
+            scanner.scan_chain()
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID
+        assert ChainEvent.objects.get().status == EventStatus.PROCESSED
+        assert SyncCursor.objects.get().last_block == cursor_before
+    finally:
+        _repair_booking_updates()
+    report = scan()
+    assert report.removed == 1
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT and statuses(booking) == ["PAID", "PENDING_PAYMENT"]
+    assert ChainEvent.objects.get().status == EventStatus.REMOVED
+    assert booking.signatures.get().consumed_at is None  # the nonce is free again

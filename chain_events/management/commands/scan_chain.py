@@ -25,7 +25,10 @@ class Command(BaseCommand):
 
     def handle(self, *args, once=False, rewind_to=None, reason="", **options):
         if rewind_to is not None:
-            cursor = scanner.rewind_cursor(rewind_to, reason=reason or "manage.py scan_chain --rewind-to")
+            try:
+                cursor = scanner.rewind_cursor(rewind_to, reason=reason or "manage.py scan_chain --rewind-to")
+            except ValueError as exc:
+                raise CommandError(str(exc)) from exc
             self.stdout.write(f"cursor rewound to block {cursor.last_block}")
         while True:
             try:
