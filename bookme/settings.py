@@ -208,6 +208,11 @@ SIWE_THROTTLE_RATE = cfg.str("SIWE_THROTTLE_RATE", "30/minute")
 WALLET_TOKEN_TTL_SECONDS = cfg.int("WALLET_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)
 # authorize-payment and request-cancellation, per wallet.
 AUTHORIZATION_THROTTLE_RATE = cfg.str("AUTHORIZATION_THROTTLE_RATE", "10/minute")
+# Creating bookings and submit-transaction, per wallet.
+WALLET_WRITE_THROTTLE_RATE = cfg.str("WALLET_WRITE_THROTTLE_RATE", "30/minute")
+# How far ahead a booking may be scheduled: a booking never paid stays PENDING_PAYMENT until its
+# scheduled time, and every open booking is read on chain by each reconciliation run.
+BOOKING_MAX_DAYS_AHEAD = cfg.int("BOOKING_MAX_DAYS_AHEAD", 366, minimum=1)
 # Cancellation policy (see escrow/cancellation.py): more than FULL_REFUND_HOURS before the
 # scheduled time the customer gets everything back; from then until PARTIAL_REFUND_HOURS
 # before, PARTIAL_REFUND_BPS of the amount; later (or after the scheduled time) LATE_REFUND_BPS.
@@ -240,7 +245,11 @@ def _check_escrow_policy() -> None:
     ):
         if value > cap:
             raise ConfigurationError(name, f"must be at most {cap} (the contract's cap)")
-    for name, rate in (("AUTHORIZATION_THROTTLE_RATE", AUTHORIZATION_THROTTLE_RATE), ("SIWE_THROTTLE_RATE", SIWE_THROTTLE_RATE)):
+    for name, rate in (
+        ("AUTHORIZATION_THROTTLE_RATE", AUTHORIZATION_THROTTLE_RATE),
+        ("WALLET_WRITE_THROTTLE_RATE", WALLET_WRITE_THROTTLE_RATE),
+        ("SIWE_THROTTLE_RATE", SIWE_THROTTLE_RATE),
+    ):
         count, _, period = rate.partition("/")
         if not count.isdigit() or not period or period[0] not in "smhd":
             raise ConfigurationError(name, 'must look like "10/minute" (a count per s, m, h or d)')

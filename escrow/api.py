@@ -52,7 +52,7 @@ from .services import (
     submit_transaction,
 )
 from .siwe import issue_sign_in_nonce, verify_sign_in
-from .throttling import SignInThrottle, WalletAuthorizationThrottle
+from .throttling import SignInThrottle, WalletAuthorizationThrottle, WalletWriteThrottle
 from .wallet_tokens import issue_wallet_token, revoke_wallet_token
 
 API_AUTHENTICATION = [WalletTokenAuthentication, SessionAuthentication]
@@ -129,8 +129,13 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
             "(settings DEFAULT_*_FEE_RATE). scheduled_at must be in the future and carry a time zone."
         ),
         request=BookingCreateSerializer,
-        responses={201: BookingSerializer, **_ERRORS},
+        responses={201: BookingSerializer, **_ERRORS, **_THROTTLED},
     )
+    def get_throttles(self):
+        if self.action == "create":
+            return [WalletWriteThrottle()]
+        return super().get_throttles()
+
     def create(self, request):
         if not is_wallet(request.user):
             raise PermissionDenied("Only a signed-in wallet can book; it becomes the booking's customer.")
@@ -205,9 +210,10 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
             202: TransactionSubmissionSerializer,
             **_ERRORS,
             503: OpenApiResponse(description="The chain node is unavailable"),
+            **_THROTTLED,
         },
     )
-    @action(detail=True, methods=["post"], url_path="submit-transaction")
+    @action(detail=True, methods=["post"], url_path="submit-transaction", throttle_classes=[WalletWriteThrottle])
     def submit_transaction(self, request, booking_id=None):
         booking = self.get_object()
         require_role(booking, request.user, {CUSTOMER, PROVIDER}, "report its transactions")

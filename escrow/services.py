@@ -117,6 +117,8 @@ def create_booking(
         raise InvalidInput("scheduled_at", "must be a date-time with a time zone")
     if scheduled_at <= now:
         raise InvalidInput("scheduled_at", "must be in the future")
+    if scheduled_at > now + timedelta(days=settings.BOOKING_MAX_DAYS_AHEAD):
+        raise InvalidInput("scheduled_at", f"must be at most {settings.BOOKING_MAX_DAYS_AHEAD} days ahead")
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidInput("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
     default_platform, default_inviter = default_fee_rates(bool(inviter))

@@ -79,14 +79,8 @@ class RedisSlidingWindowThrottle(SimpleRateThrottle):
         return self.throttle_failure()
 
 
-class WalletAuthorizationThrottle(RedisSlidingWindowThrottle):
-    """authorize-payment and request-cancellation: settings.AUTHORIZATION_THROTTLE_RATE per wallet
-    (staff sessions by user id). Each call signs something and spends a nonce."""
-
-    scope = "authorization"
-
-    def get_rate(self):
-        return settings.AUTHORIZATION_THROTTLE_RATE
+class _PerWalletThrottle(RedisSlidingWindowThrottle):
+    """Counted per signed-in wallet (staff sessions by user id, anything else by client IP)."""
 
     def get_cache_key(self, request, view):
         user = request.user
@@ -97,6 +91,27 @@ class WalletAuthorizationThrottle(RedisSlidingWindowThrottle):
         else:
             ident = "ip:" + self.get_ident(request)
         return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
+class WalletAuthorizationThrottle(_PerWalletThrottle):
+    """authorize-payment and request-cancellation: settings.AUTHORIZATION_THROTTLE_RATE per wallet.
+    Each call signs something and spends a nonce."""
+
+    scope = "authorization"
+
+    def get_rate(self):
+        return settings.AUTHORIZATION_THROTTLE_RATE
+
+
+class WalletWriteThrottle(_PerWalletThrottle):
+    """Creating bookings and reporting transactions: settings.WALLET_WRITE_THROTTLE_RATE per
+    wallet. Each booking is a row reconciliation reads on chain every run; each report fetches
+    a receipt from the RPC node the scanner also depends on."""
+
+    scope = "wallet_writes"
+
+    def get_rate(self):
+        return settings.WALLET_WRITE_THROTTLE_RATE
 
 
 class SignInThrottle(RedisSlidingWindowThrottle):

@@ -72,6 +72,7 @@ CREATE_CASES = [
     ("scheduled-past", create_body(scheduled_at=past_iso()), "scheduled_at"),
     ("scheduled-naive", create_body(scheduled_at="2099-01-01T10:00:00"), "scheduled_at"),
     ("scheduled-garbage", create_body(scheduled_at="next tuesday"), "scheduled_at"),
+    ("scheduled-too-far-ahead", create_body(scheduled_at="2999-01-01T10:00:00Z"), "scheduled_at"),
     ("scheduled-number", create_body(scheduled_at=1893456000), "scheduled_at"),
     ("scheduled-overflow", create_body(scheduled_at="9999-12-31T23:59:59-14:00"), "scheduled_at"),
     ("scheduled-bad-date", create_body(scheduled_at="2099-02-30T10:00:00Z"), "scheduled_at"),

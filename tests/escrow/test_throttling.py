@@ -2,12 +2,15 @@
 Redis (the default cache) so every gunicorn worker shares one budget."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from escrow.models import BookingStatus, SignatureNonce, StatusSource
+from escrow.models import Booking, BookingStatus, SignatureNonce, StatusSource
 from escrow.state import transition
 
 from .helpers import wallet, wallet_client
@@ -96,3 +99,23 @@ def test_behind_a_trusted_proxy_the_client_address_it_forwarded_is_the_identity(
     # proxy's entry is ignored.
     other = proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="1.2.3.4, 198.51.100.9")
     assert other.status_code == 201
+
+
+def test_creating_bookings_and_reporting_transactions_share_a_per_wallet_limit(
+    clients, customer, provider, make_booking, settings
+):
+    settings.WALLET_WRITE_THROTTLE_RATE = "3/minute"
+    body = {"provider": provider.address, "amount": "1.00", "scheduled_at": (timezone.now() + timedelta(days=1)).isoformat()}
+    codes = [clients["customer"].post("/api/bookings/", body, format="json").status_code for _ in range(3)]
+    assert codes == [201, 201, 201]
+    refused = clients["customer"].post("/api/bookings/", body, format="json")
+    assert refused.status_code == 429 and refused.json()["detail"] and refused["Retry-After"]
+    booking = Booking.objects.filter(customer_address=customer.address).first()
+    report = clients["customer"].post(f"/api/bookings/{booking.uuid}/submit-transaction/",
+                                      {"tx_hash": "0x" + "ab" * 32}, format="json")
+    assert report.status_code == 429  # the same budget
+    assert Booking.objects.filter(customer_address=customer.address).count() == 3
+    # Another wallet has its own.
+    other = clients["provider"].post(f"/api/bookings/{booking.uuid}/submit-transaction/",
+                                     {"tx_hash": "0x" + "ab" * 32}, format="json")
+    assert other.status_code != 429
