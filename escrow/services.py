@@ -184,8 +184,12 @@ def request_cancellation(
     with transaction.atomic():
         booking = Booking.objects.select_for_update().get(pk=booking.pk)
         if booking.status == S.PENDING_CANCELLATION:
+            # Live until the grace after its expiry, as for the lapse job: the contract takes an
+            # authorization while block.timestamp <= expiry, and the chain's clock may trail
+            # ours. Two executable splits at once would let the wallet pick the better one.
+            cutoff = now - timedelta(seconds=settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS)
             live = (
-                booking.signatures.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=now, consumed_at__isnull=True)
+                booking.signatures.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=cutoff, consumed_at__isnull=True)
                 .order_by("-expires_at")
                 .first()
             )

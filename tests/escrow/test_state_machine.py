@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from escrow.models import BookingStatus, BookingStatusChange, StatusSource
+from escrow.errors import BookingConflict
 from escrow.services import expire_unused_authorizations, issue_payment_authorization
 from escrow.state import ALLOWED_TRANSITIONS, TERMINAL_STATUSES, IllegalTransition, can_transition, transition
 
@@ -129,3 +130,22 @@ def test_a_lapsed_cancellation_returns_the_booking_to_where_it_was(clients, cust
     assert expire_unused_authorizations(now=timezone.now() + timedelta(hours=1))["cancellation_lapsed"] == 1
     booking.refresh_from_db()
     assert booking.status == S.PAID
+
+
+def test_new_cancellation_terms_wait_for_the_grace_after_the_last_ones_expire(
+    clients, customer, provider, make_booking, settings
+):
+    """The contract takes an authorization up to its expiry by the chain's clock, which may
+    trail ours: until the grace has passed the old terms may still execute, so none are signed."""
+    from escrow.services import request_cancellation
+
+    settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS = 120
+    booking = make_booking(customer, provider)
+    transition(booking, S.PAID, source=StatusSource.CHAIN)
+    first = clients["customer"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    assert first.status_code == 200, first.content
+    expiry = booking.signatures.get(kind="cancellation").expires_at
+    with pytest.raises(BookingConflict):
+        request_cancellation(booking, requested_by="customer", reason="again", now=expiry + timedelta(seconds=60))
+    signed, _ = request_cancellation(booking, requested_by="customer", reason="again", now=expiry + timedelta(seconds=121))
+    assert booking.signatures.filter(kind="cancellation").count() == 2
