@@ -166,7 +166,6 @@ def apply_events(
     touched: dict[str, list[DecodedLog]],
     new_event_ids: dict[str, list[int]] | None = None,
     actor: str,
-    strict: bool = False,
     now=None,
     status_source: str = StatusSource.CHAIN,
     turn: ApplyTurn = NO_TURN,
@@ -178,14 +177,13 @@ def apply_events(
     e.g. after a reorg removed some); the booking's other stored events are read from the
     store after its row is locked, so concurrent writers (scanner, fast path) never fold an
     incomplete history. `new_event_ids` are the rows this caller inserted: those are what
-    gets marked FAILED if the booking cannot be applied. With strict=True any failure is
-    raised (the caller's transaction decides), e.g. for reorg rollbacks. `status_source` is
-    the BookingStatusChange source (`chain`, or `reconciliation` when it applies logs).
-    `turn` orders this call against a scanner range applied in parallel (see ApplyTurn).
-    `must_apply` are bookings whose failure has no row of this call to be recorded on (e.g.
-    re-derived because their events left the chain): if one of them fails, the failure is
-    raised like strict=True, or it would be lost with the booking keeping a stale state.
-    Must run inside a transaction.
+    gets marked FAILED if the booking cannot be applied. `must_apply` are bookings whose
+    failure has no row of this call to be recorded on (re-derived because their events left
+    the chain: a reorg rollback, stale fast-path rows): if one of them fails, the failure is
+    raised (the caller's transaction decides), or it would be lost with the booking keeping a
+    stale money state. `status_source` is the BookingStatusChange source (`chain`, or
+    `reconciliation` when it applies logs). `turn` orders this call against a scanner range
+    applied in parallel (see ApplyTurn). Must run inside a transaction.
     """
     now = now or timezone.now()
     new_event_ids = new_event_ids or {}
@@ -206,8 +204,8 @@ def apply_events(
     except Superseded:
         raise
     except Exception as exc:
-        if strict:
-            raise
+        if must_apply.issuperset(ids):
+            raise  # nothing the one-by-one retry could record instead
         outcome.fallback = len(ids) > 1
         if outcome.fallback:
             log.warning("bulk apply of %d bookings failed (%s); applying one by one", len(ids), exc)
@@ -321,12 +319,8 @@ def record_orphans(chain_id: int, contract: str, states: dict[str, ChainState], 
         escrowed = state.status == PAID
         if not escrowed and orphan.status == OrphanStatus.OPEN:
             why = f"tx {state.last_event.tx_hash}" if state.last_event else "its events left the chain (reorg)"
-            orphan.status, orphan.resolved_by, orphan.resolved_at = OrphanStatus.RESOLVED, "chain", now
-            orphan.note = (orphan.note + f"\nchain shows {state.status} ({why})").strip()
-            changed += ["status", "resolved_by", "resolved_at", "note"]
+            changed += orphan.move_to(OrphanStatus.RESOLVED, f"chain shows {state.status} ({why})", by="chain", at=now)
         elif escrowed and orphan.status == OrphanStatus.RESOLVED and orphan.resolved_by == "chain":
-            orphan.status, orphan.resolved_by, orphan.resolved_at = OrphanStatus.OPEN, "", None
-            orphan.note = (orphan.note + "\nreopened: the chain shows the payment escrowed again (reorg)").strip()
-            changed += ["status", "resolved_by", "resolved_at", "note"]
+            changed += orphan.move_to(OrphanStatus.OPEN, "reopened: the chain shows the payment escrowed again (reorg)")
         if changed:
             orphan.save(update_fields=[*changed, "updated_at"])

@@ -179,3 +179,13 @@ class Orphan(models.Model):
 
     def __str__(self):
         return f"orphan {self.chain_booking_id[:10]}… ({self.status}, chain {self.chain_status})"
+
+    #: The fields `move_to` changes (for save(update_fields=...)).
+    WORKFLOW_FIELDS = ("status", "resolved_by", "resolved_at", "note")
+
+    def move_to(self, status: str, note_line: str, *, by: str = "", at=None) -> list[str]:
+        """Set the workflow status (resolved by whom and when; blank when reopened) and add
+        `note_line` to the note. Returns the changed field names."""
+        self.status, self.resolved_by, self.resolved_at = status, by[:32], at
+        self.note = (self.note + "\n" + note_line).strip()
+        return list(self.WORKFLOW_FIELDS)

@@ -377,7 +377,7 @@ def _hash(value) -> str:
 class ChainTip:
     latest: BlockHeader
     finalized: BlockHeader | None  # None: the node has no `finalized` tag
-    at_cursor: BlockHeader | None  # the canonical header at the number asked for (None if absent)
+    at_cursor: BlockHeader | None  # the canonical header at the number asked for (None if not asked)
 
 
 def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
@@ -403,16 +403,13 @@ def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
                 raise RpcInconsistentAnswer("finalized block above the head")
         at_cursor = None
         if cursor_block is not None:
-            if isinstance(results[2], RpcResponseError):
-                raise RpcInconsistentAnswer(f"no header for block {cursor_block}: {results[2]}")
-            if results[2] is not None:
-                at_cursor = parse_header(results[2])
-                if at_cursor.number != cursor_block:
-                    raise RpcInconsistentAnswer("header for the wrong block number")
-            elif cursor_block <= latest.number:
-                raise RpcInconsistentAnswer(f"node has no block {cursor_block} below its head")
             if latest.number < cursor_block:
                 raise RpcInconsistentAnswer(f"node is behind: its head {latest.number} is below block {cursor_block}")
+            if isinstance(results[2], RpcResponseError) or results[2] is None:
+                raise RpcInconsistentAnswer(f"node has no block {cursor_block} below its head: {results[2]}")
+            at_cursor = parse_header(results[2])
+            if at_cursor.number != cursor_block:
+                raise RpcInconsistentAnswer("header for the wrong block number")
         parsed["tip"] = ChainTip(latest=latest, finalized=finalized, at_cursor=at_cursor)
 
     # allow_errors: a node without the `finalized` tag answers that call with an error.

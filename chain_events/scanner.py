@@ -540,17 +540,19 @@ def _note_position(cursor: SyncCursor, tip, final: int, report: ScanReport) -> N
     metrics.SYNC_LAG.set(max(0, tip.latest.number - cursor.last_block))
 
 
+def _smaller_range_size(from_block: int, to_block: int, suggested_to: int | None) -> int:
+    """After [from_block, to_block] was refused: the provider's suggested range when it names
+    one inside it, otherwise half (at least one block)."""
+    if suggested_to is not None and from_block <= suggested_to < to_block:
+        return suggested_to - from_block + 1
+    return max(1, (to_block - from_block + 1) // 2)
+
+
 def _shrink(cursor: SyncCursor, from_block: int, to_block: int, suggested_to: int | None, report: ScanReport) -> None:
     """A refused range: take the provider's suggestion when it names one, otherwise halve."""
     span = to_block - from_block + 1
     report.range_ceiling = span if report.range_ceiling is None else min(report.range_ceiling, span)
-    if suggested_to is not None and from_block <= suggested_to < to_block:
-        size = suggested_to - from_block + 1
-    else:
-        size = max(1, span // 2)
-    if size >= span and span > 1:
-        size = span - 1
-    cursor.range_size = max(1, size)
+    cursor.range_size = _smaller_range_size(from_block, to_block, suggested_to)
     SyncCursor.objects.filter(pk=cursor.pk).update(range_size=cursor.range_size)
     report.range_shrinks += 1
     metrics.RANGE_SHRINKS.inc()
@@ -863,7 +865,7 @@ def _roll_back_reorg(client, target: _Target, cursor: SyncCursor, head: int, rep
                 actor=f"{actor}:reorg", now=now,
                 # No event is left to mark FAILED for a booking whose rebuild fails: abort the
                 # whole rollback (the next pass tries again) rather than keep its stale money state.
-                strict=True,
+                must_apply=frozenset(removed),
             )
             report.bookings += outcome.bookings
         BlockHash.objects.filter(cursor=cursor, number__gt=number).delete()
@@ -932,7 +934,7 @@ def replay_range(
                 max_answer_bytes=settings.CHAIN_LOG_MAX_ANSWER_BYTES,
             )
         except LogRangeTooLarge as exc:
-            size = (exc.suggested_to - start + 1) if exc.suggested_to and start <= exc.suggested_to < end else max(1, (end - start + 1) // 2)
+            size = _smaller_range_size(start, end, exc.suggested_to)
             continue
         logs = _decode(raw_logs, target.contract)
         with transaction.atomic():

@@ -461,9 +461,8 @@ def refund_orphan(orphan: Orphan, *, actor: str, reason: str) -> SentTransaction
         if previous is not None:
             raise ActionRefused(f"a refund was already sent ({previous.status}, tx {previous.tx_hash or 'pending'})")
         if orphan.status == OrphanStatus.IGNORED:
-            orphan.status, orphan.resolved_by, orphan.resolved_at = OrphanStatus.OPEN, "", None
-            orphan.note = (orphan.note + f"\nreopened by {actor} to refund it: {reason}").strip()
-            orphan.save(update_fields=["status", "resolved_by", "resolved_at", "note", "updated_at"])
+            changed = orphan.move_to(OrphanStatus.OPEN, f"reopened by {actor} to refund it: {reason}")
+            orphan.save(update_fields=[*changed, "updated_at"])
         record = send_transaction(
             purpose=TxPurpose.EMERGENCY_CANCEL,
             data=escrow_call("emergencyCancelBooking", _booking_id_bytes(orphan.chain_booking_id), reason),
@@ -483,10 +482,8 @@ def ignore_orphan(orphan: Orphan, *, actor: str, reason: str) -> Orphan:
         orphan = Orphan.objects.select_for_update().get(pk=orphan.pk)
         if orphan.status != OrphanStatus.OPEN:
             raise ActionRefused(f"the orphan is {orphan.status}, not OPEN")
-        orphan.status = OrphanStatus.IGNORED
-        orphan.resolved_by, orphan.resolved_at = actor[:32], timezone.now()
-        orphan.note = (orphan.note + f"\nignored by {actor}: {reason}").strip()
-        orphan.save(update_fields=["status", "resolved_by", "resolved_at", "note", "updated_at"])
+        changed = orphan.move_to(OrphanStatus.IGNORED, f"ignored by {actor}: {reason}", by=actor, at=timezone.now())
+        orphan.save(update_fields=[*changed, "updated_at"])
     return orphan
 
 

@@ -169,12 +169,22 @@ def _error_says(error: Exception, *needles: str) -> bool:
     return any(n in message for n in needles)
 
 
+#: What nodes answer when a transaction's nonce is already used (mined).
+_NONCE_USED = ("nonce too low", "nonce is too low", "already been used")
+
+
 def _broadcast(client: RpcClient, raw: str) -> None:
-    """eth_sendRawTransaction; an "already known" answer means the node has it: fine."""
+    """eth_sendRawTransaction. The node already having this very transaction is fine: it says
+    "already known" while pending, and "nonce too low" once it mined it, e.g. when an earlier
+    delivery of the same request was taken and its answer lost (a timeout, a 502) and the RPC
+    client's retry asked again. Sending the call again under another nonce would run it twice."""
     try:
         client.call("eth_sendRawTransaction", [raw])
     except RpcResponseError as exc:
         if _error_says(exc, "already known", "already imported", "known transaction"):
+            return
+        if _error_says(exc, *_NONCE_USED) and _node_has(client, "0x" + keccak(hexstr=raw).hex()):
+            log.warning("broadcast answered %r, but the node has this transaction: its earlier delivery", str(exc))
             return
         raise
 
@@ -229,20 +239,12 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             try:
                 _broadcast(client, raw)
             except RpcResponseError as exc:
-                nonce_used = _error_says(exc, "nonce too low", "nonce is too low", "already been used")
-                if nonce_used and _node_has(client, tx_hash):
-                    # Used by this very transaction: an earlier delivery of the same request
-                    # was taken and mined, its answer lost (a timeout, a 502), and the RPC
-                    # client's retry was told "nonce too low". Sending the call again under
-                    # the next nonce would run it twice.
-                    log.warning("broadcast of %s: its answer was lost, but the node has it", tx_hash)
-                elif attempt == 0 and nonce_used:
+                if attempt == 0 and _error_says(exc, *_NONCE_USED):
                     floor = nonce + 1  # someone else used it: try the next one
                     row.next_nonce = max(row.next_nonce, floor)
                     row.save(update_fields=["next_nonce", "updated_at"])
                     continue
-                else:
-                    raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
+                raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
             except RpcUnavailable:
                 # Maybe delivered, maybe not: keep the nonce and the hash; the receipt wait
                 # rebroadcasts the same signed transaction, which is harmless if it was delivered.
@@ -426,7 +428,7 @@ def wait_for_transaction(record: SentTransaction, *, account=None, timeout: floa
                     _replace(client, account, record)
                 last_broadcast = time.monotonic()
         except RpcResponseError as exc:
-            if _error_says(exc, "nonce too low", "nonce is too low"):
+            if _error_says(exc, *_NONCE_USED):
                 # The nonce is used: by one of our hashes (found on the next poll) or by a
                 # transaction we did not send (then none of ours will ever mine).
                 if not refresh_transaction(record, client) and _nonce_taken_by_other(client, record):

@@ -427,14 +427,9 @@ def test_a_scan_waiting_for_the_lock_takes_over_when_the_holder_ends(flow):
         holder.close()
 
 
-def test_a_reorg_rollback_that_cannot_rebuild_a_booking_leaves_everything_for_the_next_pass(flow):
-    """No event is left to mark FAILED for a booking whose rebuild fails during a rollback, so
-    the rollback is all or nothing: the booking never keeps money the chain no longer shows."""
-    chain = flow.chain
-    booking, _ = flow.paid_booking()
-    scan()
-    cursor_before = SyncCursor.objects.get().last_block
-    chain.rpc("anvil_reorg", [1, []])
+def _scan_fails_and_leaves_everything(booking, cursor_before: int) -> None:
+    """With the booking's rebuild failing, a scan raises and changes nothing: still PAID, its
+    event still PROCESSED, the cursor where it was."""
     _break_booking_updates(booking.pk)
     try:
         with pytest.raises(DatabaseError):
@@ -445,6 +440,17 @@ def test_a_reorg_rollback_that_cannot_rebuild_a_booking_leaves_everything_for_th
         assert SyncCursor.objects.get().last_block == cursor_before
     finally:
         _repair_booking_updates()
+
+
+def test_a_reorg_rollback_that_cannot_rebuild_a_booking_leaves_everything_for_the_next_pass(flow):
+    """No event is left to mark FAILED for a booking whose rebuild fails during a rollback, so
+    the rollback is all or nothing: the booking never keeps money the chain no longer shows."""
+    chain = flow.chain
+    booking, _ = flow.paid_booking()
+    scan()
+    cursor_before = SyncCursor.objects.get().last_block
+    chain.rpc("anvil_reorg", [1, []])
+    _scan_fails_and_leaves_everything(booking, cursor_before)
     report = scan()
     assert report.reorgs == [1]
     booking.refresh_from_db()
@@ -466,16 +472,7 @@ def test_a_removed_fast_path_payment_whose_rebuild_fails_is_not_lost(flow):
     booking.refresh_from_db()
     assert booking.status == BookingStatus.PAID
     chain.rpc("anvil_reorg", [1, []])  # the payment's block is replaced; the payment is gone
-    _break_booking_updates(booking.pk)
-    try:
-        with pytest.raises(DatabaseError):
-            scanner.scan_chain()
-        booking.refresh_from_db()
-        assert booking.status == BookingStatus.PAID
-        assert ChainEvent.objects.get().status == EventStatus.PROCESSED
-        assert SyncCursor.objects.get().last_block == cursor_before
-    finally:
-        _repair_booking_updates()
+    _scan_fails_and_leaves_everything(booking, cursor_before)
     report = scan()
     assert report.removed == 1
     booking.refresh_from_db()
