@@ -57,10 +57,11 @@ from django.utils import timezone
 from eth_hash.auto import keccak
 
 from bookme.db import server_binding_cursor
+from escrow import chain_effects
 
 from . import handlers, metrics, store
 from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, LogDecodeError, decode_log
-from .models import BlockHash, ChainEvent, EventSource, EventStatus, SyncCursor
+from .models import BlockHash, ChainEvent, EventSource, EventStatus, Orphan, SyncCursor
 from .rpc import (
     BlockHeader,
     LogRangeTooLarge,
@@ -950,21 +951,32 @@ def replay_range(
 def retry_failed_events(*, now=None, limit: int = 500, actor: str = "retry") -> RetryReport:
     """Re-apply events that are due: FAILED past their backoff, RETRY (staff asked) at once.
 
-    The rows are claimed FOR UPDATE SKIP LOCKED, so two deliveries of the task never retry
-    the same event twice. A booking that still fails counts one more attempt on its events
+    The rows are claimed FOR UPDATE SKIP LOCKED (after their bookings' locks), so two
+    deliveries of the task never retry the same event twice. A booking that still fails counts one more attempt on its events
     (exponential backoff, DEAD_LETTER at CHAIN_EVENT_MAX_ATTEMPTS).
     """
     now = now or timezone.now()
     target = _target()
     report = RetryReport()
+    due = ChainEvent.objects.filter(
+        chain_id=target.chain_id, contract_address=target.contract,
+        status__in=[EventStatus.FAILED, EventStatus.RETRY], next_retry_at__lte=now,
+    ).order_by("next_retry_at", "id")
     with transaction.atomic():
+        booking_ids = list(dict.fromkeys(due.values_list("chain_booking_id", flat=True)[:limit]))
+        if not booking_ids:
+            return report
+        # Bookings (orphans) first, their event rows after: the scanner and the fast path lock
+        # in that order (apply_events marks a booking's unsettled rows processed while holding
+        # the booking). Rows claimed first would deadlock against a scanner applying a new
+        # event of the same booking.
+        chain_effects.lock_bookings(booking_ids)
+        list(Orphan.objects.select_for_update().filter(
+            chain_id=target.chain_id, contract_address=target.contract, chain_booking_id__in=booking_ids
+        ))
+        # SKIP LOCKED: two deliveries of the task never retry the same event twice.
         ids = list(
-            ChainEvent.objects.select_for_update(skip_locked=True)
-            .filter(
-                chain_id=target.chain_id, contract_address=target.contract,
-                status__in=[EventStatus.FAILED, EventStatus.RETRY], next_retry_at__lte=now,
-            )
-            .order_by("next_retry_at", "id")
+            due.filter(chain_booking_id__in=booking_ids).select_for_update(skip_locked=True)
             .values_list("id", flat=True)[:limit]
         )
         if not ids:

@@ -384,6 +384,53 @@ def test_replay_reapplies_dead_letters_and_is_idempotent(flow, settings):
     assert ChainEvent.objects.get().status == EventStatus.PROCESSED
 
 
+@pytest.mark.django_db(transaction=True)
+def test_retrying_a_failed_event_while_the_scanner_applies_its_booking_does_not_deadlock(flow, settings):
+    """The scanner applying a new event of a booking holds the booking's lock and then writes
+    the booking's unsettled event rows (marked processed with it). A retry of that booking's
+    failed event must take the locks in the same order, or the two wait on each other and
+    PostgreSQL aborts one of them."""
+    import threading
+
+    import psycopg
+
+    bad, _ = flow.paid_booking()
+    _break_booking_updates(bad.pk)
+    scan()
+    _repair_booking_updates()
+    event = ChainEvent.objects.get(chain_booking_id=bad.chain_booking_id)
+    assert event.status == EventStatus.FAILED
+    db = connection.settings_dict
+    scanner_side = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
+    locked, errors = threading.Event(), []
+
+    def scanner_applies_the_booking():
+        try:
+            with scanner_side.transaction():
+                scanner_side.execute(f"SELECT id FROM {Booking._meta.db_table} WHERE id = %s FOR UPDATE", [bad.pk])
+                locked.set()
+                time.sleep(0.5)  # the retry starts meanwhile and waits for a lock
+                scanner_side.execute(f"UPDATE {ChainEvent._meta.db_table} SET updated_at = now() WHERE id = %s",
+                                     [event.pk])
+        except Exception as exc:  # a deadlock aborts one side
+            errors.append(exc)
+
+    thread = threading.Thread(target=scanner_applies_the_booking)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        report = scanner.retry_failed_events(now=event.next_retry_at)
+    finally:
+        thread.join(10)
+        scanner_side.close()
+    assert errors == []
+    assert (report.attempted, report.processed) == (1, 1)
+    bad.refresh_from_db()
+    event.refresh_from_db()
+    assert bad.status == BookingStatus.PAID and statuses(bad) == [BookingStatus.PAID]
+    assert event.status == EventStatus.PROCESSED
+
+
 def test_a_second_scan_while_one_runs_is_skipped(flow):
     target = scanner._target()
     with scanner.scan_lock(target) as held:
