@@ -110,7 +110,7 @@ class BookingAdmin(ConsoleModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     inlines = [StatusChangeInline, PlatformFeeInline, SignatureInline, *_reconciliation_inlines()]
-    actions = ["reconcile_now", "emergency_cancel"]
+    actions = ["reconcile_now", "acknowledge_attention", "emergency_cancel"]
     fieldsets = (
         (None, {"fields": ("uuid", "chain_booking_id", "status", "status_changed_at", "needs_attention",
                            "attention_reason")}),
@@ -168,6 +168,26 @@ class BookingAdmin(ConsoleModelAdmin):
             self.log_change(request, booking, f"Reconcile now: report #{report.pk}: {report}")
         level = messages.SUCCESS if report.status == "OK" and not report.errors else messages.WARNING
         self.message_user(request, f"Reconciliation report #{report.pk}: {report}", level)
+
+    @admin.action(description="Acknowledge what needs attention (the chain's state stands)…", permissions=["operate"])
+    def acknowledge_attention(self, request, queryset):
+        from reconciliation.services import acknowledge_attention
+
+        def perform(booking, actor, reason):
+            booking = acknowledge_attention(booking, actor=actor, reason=reason)
+            return "still needs attention (open reconciliation flags)" if booking.needs_attention else ""
+
+        return confirm_with_reason(
+            self, request, queryset,
+            title="Acknowledge attention",
+            warning="The reasons these bookings are flagged for (a chain payment that differs from the booking, "
+                    "an unexpected event sequence) are marked acknowledged and the bookings leave the attention "
+                    "list: a paid one is completed by the operator when its service window passes. The chain's "
+                    "state is already applied; nothing is sent. Open reconciliation flags are resolved on "
+                    "their own page.",
+            perform=perform,
+            done="Acknowledged",
+        )
 
     @admin.action(description="Emergency cancel: refund the customer in full…", permissions=["operate"])
     def emergency_cancel(self, request, queryset):

@@ -56,6 +56,8 @@ class Booking(models.Model):
     chain_data = models.JSONField(default=dict, blank=True, help_text="raw decoded chain data of the latest event")
     # Set when the chain disagrees with what the database expected (e.g. amount mismatch);
     # staff resolve it in the admin. The chain's state still applies (the chain is the truth for money).
+    # One reason per line; a line staff acknowledged stays, prefixed ACKNOWLEDGED_PREFIX (see
+    # open_attention_lines), and needs_attention is True while an open line remains.
     needs_attention = models.BooleanField(default=False)
     attention_reason = models.TextField(blank=True, default="")
     status_changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
@@ -80,6 +82,15 @@ class Booking(models.Model):
 
     def __str__(self):
         return f"Booking {self.uuid} ({self.status})"
+
+    #: Start of an attention line staff acknowledged. The line keeps the original text: the
+    #: chain sync adds a reason only while its text is absent, so it is not raised again.
+    ACKNOWLEDGED_PREFIX = "[acknowledged "
+
+    def open_attention_lines(self) -> list[str]:
+        """The attention reasons nobody has dealt with yet (needs_attention is "any of these")."""
+        return [line for line in self.attention_reason.splitlines()
+                if line.strip() and not line.startswith(self.ACKNOWLEDGED_PREFIX)]
 
 
 class BookingStatusChange(models.Model):

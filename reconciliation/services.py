@@ -15,6 +15,7 @@ reconcile_booking(booking, *, actor) -> ReconciliationReport       ("reconcile n
 read_chain_bookings(chain_booking_ids, *, block="latest", client=None) -> dict[str, ChainBooking]
 fetch_booking_logs(chain_booking_ids, *, to_block, client=None) -> list[dict]   (raw logs)
 resolve_flag(flag, *, actor, note) -> ReconciliationFlag
+acknowledge_attention(booking, *, actor, reason) -> Booking      (accept what the chain sync flagged)
 refund_orphan(orphan, *, actor, reason) -> SentTransaction          (emergencyCancelBooking)
 ignore_orphan(orphan, *, actor, reason) -> Orphan
 auto_refund_orphans(*, now=None) -> dict                            (policy: ORPHAN_AUTO_REFUND + grace)
@@ -382,6 +383,10 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
                       "its logs did not bring the booking in line")
 
 
+#: Start of the attention line a reconciliation flag adds to its booking (removed when resolved).
+_FLAG_LINE_PREFIX = "reconciliation: "
+
+
 def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run: _Run, detail: str) -> None:
     """Open a flag (one open flag per booking and kind) and mark the booking for attention."""
     booking = Booking.objects.select_for_update().get(chain_booking_id=chain_booking_id)
@@ -391,7 +396,7 @@ def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run
                   "chain_block": block, "detail": detail},
     )
     run.report.flagged += 1
-    reason = f"reconciliation: {detail}"
+    reason = _FLAG_LINE_PREFIX + detail
     if created and reason not in booking.attention_reason:
         booking.needs_attention = True
         booking.attention_reason = "\n".join(filter(None, [booking.attention_reason, reason]))
@@ -410,11 +415,39 @@ def resolve_flag(flag: ReconciliationFlag, *, actor: str, note: str) -> Reconcil
         # The booking leaves the attention list once nothing else keeps it there: this flag's
         # line goes; other reasons (another open flag, a payment mismatch) keep it flagged.
         booking = Booking.objects.select_for_update().get(pk=flag.booking_id)
-        lines = [line for line in booking.attention_reason.splitlines() if line != f"reconciliation: {flag.detail}"]
+        lines = [line for line in booking.attention_reason.splitlines() if line != _FLAG_LINE_PREFIX + flag.detail]
         booking.attention_reason = "\n".join(lines)
-        booking.needs_attention = bool(lines)
+        booking.needs_attention = bool(booking.open_attention_lines())
         booking.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
     return flag
+
+
+def acknowledge_attention(booking: Booking, *, actor: str, reason: str, now: datetime | None = None) -> Booking:
+    """Staff checked what the chain sync flagged on a booking (a payment that differs from the
+    booking, an event sequence the contract cannot produce) and accept it: the booking leaves
+    the attention list, so auto-complete takes it again when its window passes. Without this,
+    such a booking could only be refunded. Each line stays, marked with who, when and why; a
+    new reason (e.g. another payment after a reorg) raises the flag again. Lines of open
+    reconciliation flags are left to resolve_flag."""
+    reason = _require_reason(reason)
+    now = now or timezone.now()
+    with transaction.atomic():
+        booking = Booking.objects.select_for_update().get(pk=booking.pk)
+        to_acknowledge = {line for line in booking.open_attention_lines() if not line.startswith(_FLAG_LINE_PREFIX)}
+        if not to_acknowledge:
+            raise ActionRefused(
+                "nothing to acknowledge" if not booking.needs_attention
+                else "only open reconciliation flags keep it on the list: resolve those flags"
+            )
+        stamp = (f"{Booking.ACKNOWLEDGED_PREFIX}by {actor} at {now:%Y-%m-%d %H:%M:%S} UTC: "
+                 f"{' '.join(reason.split())}] ")
+        booking.attention_reason = "\n".join(
+            stamp + line if line in to_acknowledge else line for line in booking.attention_reason.splitlines()
+        )
+        booking.needs_attention = bool(booking.open_attention_lines())
+        booking.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
+    log.info("booking %s: attention acknowledged by %s: %s", booking.uuid, actor, reason)
+    return booking
 
 
 # -- sending with a single-flight guard -----------------------------------------------------------

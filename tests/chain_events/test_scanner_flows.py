@@ -118,6 +118,31 @@ def test_payment_mismatch_is_flagged_not_hidden(flow):
     assert "amount chain=100000000 db=99000000" in booking.attention_reason
 
 
+def test_a_payment_mismatch_acknowledged_by_staff_goes_back_to_auto_complete_and_is_not_raised_again(flow):
+    """A flagged booking is kept out of auto-complete; without a way to accept the chain's
+    payment it could only be refunded."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reconciliation.services import acknowledge_attention, auto_complete_candidates
+
+    booking = flow.booking(amount=100 * 10**6)
+    auth = sign_payment_authorization(booking)
+    flow.chain.pay_booking(auth.message, auth.signature, booking.customer_address)
+    Booking.objects.filter(pk=booking.pk).update(amount=99 * 10**6)
+    scan()
+    after_service = timezone.now() + timedelta(days=30)
+    assert booking not in auto_complete_candidates(after_service)
+    booking = acknowledge_attention(booking, actor="staff:alice", reason="the customer paid the old price; agreed")
+    assert not booking.needs_attention
+    assert booking in auto_complete_candidates(after_service)
+    # The chain sync applying the same payment again (replay) does not raise it again.
+    call_command("replay_events", "--from-block", str(flow.chain.start_block))
+    booking.refresh_from_db()
+    assert not booking.needs_attention and len(booking.attention_reason.splitlines()) == 1
+
+
 def test_unknown_booking_id_becomes_an_orphan(flow):
     booking, receipt = flow.paid_booking(amount=42 * 10**6)
     chain_booking_id = booking.chain_booking_id

@@ -13,6 +13,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
 from chain_events.models import ChainEvent, EventStatus, Orphan, OrphanStatus
+from escrow.models import Booking
 from reconciliation.models import (
     EmergencyPause,
     FlagKind,
@@ -45,9 +46,17 @@ def _flag(booking) -> ReconciliationFlag:
     )
 
 
+def _flagged_by_the_chain(booking):
+    Booking.objects.filter(pk=booking.pk).update(
+        needs_attention=True, attention_reason="chain: ServiceCompleted in tx 0x01 without a known payment"
+    )
+    return Booking.objects.get(pk=booking.pk)
+
+
 ACTIONS = {
     # action name: (model admin url name, needs a confirmation page, factory of the object)
     "reconcile_now": ("escrow_booking", False, lambda booking: booking),
+    "acknowledge_attention": ("escrow_booking", True, _flagged_by_the_chain),
     "emergency_cancel": ("escrow_booking", True, lambda booking: booking),
     "retry_events": ("chain_events_chainevent", False, lambda booking: create_dead_letter()),
     "mark_resolved": ("chain_events_chainevent", True, lambda booking: create_dead_letter()),
@@ -184,6 +193,32 @@ def test_operator_resolves_a_reconciliation_flag(clients, operator, booking):
     flag.refresh_from_db()
     assert (flag.resolved_by, flag.resolution_note) == ("staff:olivia", REASON)
     assert REASON in log_entries(flag).get(user=operator).change_message
+
+
+def test_operator_acknowledges_what_the_chain_flagged_and_open_flags_keep_their_own_line(clients, operator, booking):
+    booking = _flagged_by_the_chain(booking)
+    flag = _flag(booking)
+    Booking.objects.filter(pk=booking.pk).update(attention_reason=booking.attention_reason + "\nreconciliation: test")
+    response = run_action(clients["operator"], "escrow_booking", "acknowledge_attention", booking.pk,
+                          confirm="yes", reason=REASON)
+    assert response.status_code == 302
+    booking.refresh_from_db()
+    chain_line, flag_line = booking.attention_reason.splitlines()
+    assert chain_line.startswith("[acknowledged by staff:olivia at ") and REASON in chain_line
+    assert chain_line.endswith("] chain: ServiceCompleted in tx 0x01 without a known payment")
+    assert flag_line == "reconciliation: test"
+    assert booking.needs_attention  # the open flag still keeps it on the list
+    assert REASON in log_entries(booking).get(user=operator).change_message
+    # Acknowledging again has nothing left to do; resolving the flag takes it off the list.
+    from reconciliation.services import ActionRefused, acknowledge_attention, resolve_flag
+
+    with pytest.raises(ActionRefused, match="resolve those flags"):
+        acknowledge_attention(booking, actor="staff:olivia", reason=REASON)
+    resolve_flag(flag, actor="staff:olivia", note=REASON)
+    booking.refresh_from_db()
+    assert not booking.needs_attention and booking.attention_reason == chain_line
+    with pytest.raises(ActionRefused, match="nothing to acknowledge"):
+        acknowledge_attention(booking, actor="staff:olivia", reason=REASON)
 
 
 def test_a_refused_action_is_reported_and_logged(clients, operator):
