@@ -566,10 +566,7 @@ def _window_headers(client, parent_hash: str, from_block: int, to_block: int, fi
     first = max(from_block, final + 1)
     if first > to_block:
         return {}
-    headers: dict[int, BlockHeader] = {}
-    batch = settings.CHAIN_HEADER_BATCH
-    for start in range(first, to_block + 1, batch):
-        headers.update(get_headers(client, list(range(start, min(start + batch, to_block + 1)))))
+    headers = _headers_in_batches(client, list(range(first, to_block + 1)))
     previous = parent_hash if first == from_block else None
     for number in range(first, to_block + 1):
         header = headers[number]
@@ -579,6 +576,14 @@ def _window_headers(client, parent_hash: str, from_block: int, to_block: int, fi
             # Headers of one answer that do not chain: a node switching forks mid-batch.
             raise RpcUnavailable("headers of the range do not chain") from RpcInconsistentAnswer("fork mid-batch")
         previous = header.hash
+    return headers
+
+
+def _headers_in_batches(client, numbers: list[int]) -> dict[int, BlockHeader]:
+    headers: dict[int, BlockHeader] = {}
+    batch = settings.CHAIN_HEADER_BATCH
+    for start in range(0, len(numbers), batch):
+        headers.update(get_headers(client, numbers[start:start + batch]))
     return headers
 
 
@@ -694,7 +699,9 @@ def _apply_range(target, cursor_pk: int, fetched: _FetchedRange, tip, final, act
     now = timezone.now()
     with transaction.atomic():
         outcome = _ingest(
-            target, fetched.logs, from_block, to_block, source=EventSource.SCANNER, actor=actor, now=now, turn=turn
+            target, fetched.logs, from_block, to_block, source=EventSource.SCANNER, actor=actor, now=now, turn=turn,
+            # The range's unfinalized blocks and its last one; rows of older blocks are unverified.
+            canonical_hashes={n: h.hash for n, h in fetched.headers.items()} | {last_header.number: last_header.hash},
         )
         turn.wait()
         _store_window(cursor_pk, fetched.headers, final)
@@ -781,20 +788,31 @@ def _decode(raw_logs: list[dict], contract: str) -> list[DecodedLog]:
 def _ingest(
     target: _Target, logs: list[DecodedLog], from_block: int | None, to_block: int | None, *, source: str,
     actor: str, now, reapply_all: bool = False, status_source: str | None = None,
-    turn: handlers.ApplyTurn = handlers.NO_TURN,
+    turn: handlers.ApplyTurn = handlers.NO_TURN, canonical_hashes: dict[int, str] | None = None,
 ) -> LogsOutcome:
     """Store `logs` and apply what they change. Runs inside the caller's transaction.
 
-    With a block range, rows stored for it that the canonical logs lack are marked REMOVED.
-    reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
-    those with newly stored rows.
+    With a block range, rows stored for it that the canonical logs lack are marked REMOVED,
+    unless `canonical_hashes` (block number → hash of the canonical block, as far as the
+    caller knows them) shows a row's block still on the chain: then the logs are an
+    incomplete answer (a node that has not indexed the block yet) and RpcInconsistentAnswer
+    is raised. reapply_all re-derives every booking the logs touch (replay, reconciliation),
+    not only those with newly stored rows.
     """
     outcome = LogsOutcome(logs=len(logs))
     inserted = store.insert_events(target.chain_id, target.contract, logs, source=source, now=now)
     outcome.inserted = sum(len(ids) for ids in inserted.values())
     removed: dict[str, list[int]] = {}
     if from_block is not None:
-        stale = store.stale_event_ids(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        stale_rows = store.stale_events(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        for _, number, block_hash in stale_rows:
+            if (canonical_hashes or {}).get(number) == block_hash:
+                # Same block, same receipts: the log is still there and the answer left it out.
+                raise RpcInconsistentAnswer(
+                    f"the logs of blocks {from_block}-{to_block} lack a stored log of block {number}, "
+                    "which is still on the chain (incomplete answer)"
+                )
+        stale = [row_id for row_id, _, _ in stale_rows]
         if stale:
             turn.wait()  # their bookings may be in the range before: lock nothing of theirs ahead of it
         removed = store.mark_removed(stale, now=now)
@@ -938,9 +956,15 @@ def replay_range(
             size = _smaller_range_size(start, end, exc.suggested_to)
             continue
         logs = _decode(raw_logs, target.contract)
+        # Stored rows the answer lacks are removed only if their block left the chain: replay
+        # often runs over blocks older than the window, whose hashes nothing else checks.
+        stale_blocks = {number for _, number, _ in
+                        store.stale_events(target.chain_id, target.contract, start, end, logs)}
+        canonical = {n: h.hash for n, h in _headers_in_batches(client, sorted(stale_blocks)).items()}
         with transaction.atomic():
             outcome = _ingest(
-                target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True
+                target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True,
+                canonical_hashes=canonical,
             )
         report.count(outcome)
         start = end + 1

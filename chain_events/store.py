@@ -219,18 +219,6 @@ def mark_failed(event_ids: list[int], error: str, *, now) -> dict[str, int]:
     return counts
 
 
-def events_in_block_range(chain_id: int, contract: str, from_block: int, to_block: int) -> list[tuple]:
-    """(id, tx_hash, log_index, block_hash, chain_booking_id) of live rows stored for these blocks."""
-    with server_binding_cursor() as cursor:
-        cursor.execute(
-            f"""SELECT id, tx_hash, log_index, block_hash, chain_booking_id FROM {TABLE}
-                WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
-                  AND status <> 'REMOVED'""",
-            [chain_id, contract, from_block, to_block],
-        )
-        return cursor.fetchall()
-
-
 def mark_removed(event_ids: list[int], *, now) -> dict[str, list[int]]:
     """Mark rows REMOVED (their block left the chain); return {chain_booking_id: [ids]}."""
     if not event_ids:
@@ -267,28 +255,31 @@ def event_id(chain_id: int, tx_hash: str, log_index: int) -> int | None:
     )
 
 
-def stale_event_ids(
-    chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now
-) -> list[int]:
-    """Live rows stored for [from_block, to_block] that the canonical logs of that range lack.
+def stale_events(
+    chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now=None
+) -> list[tuple[int, int, str]]:
+    """(id, block number, block hash) of live rows stored for [from_block, to_block] that the
+    canonical logs of that range lack.
 
     They were stored ahead of the scanner (fast path, replay) from a block that has since
-    left the chain. Rows that `insert_events(..., now=now)` just wrote carry updated_at = now
-    and are canonical by construction, so only rows stored earlier are read (none during a
-    plain catch-up) and compared with the logs here.
+    left the chain, or the answer that gave `logs` is incomplete (see scanner._ingest). With
+    `now`, rows that `insert_events(..., now=now)` just wrote (updated_at = now, canonical by
+    construction) are left out, so only rows stored earlier are read (none during a plain
+    catch-up) and compared with the logs here.
     """
     with server_binding_cursor() as cursor:
         cursor.execute(
-            f"""SELECT id, tx_hash, log_index FROM {TABLE}
+            f"""SELECT id, tx_hash, log_index, block_number, block_hash FROM {TABLE}
                 WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
-                  AND status <> 'REMOVED' AND updated_at <> %s""",
+                  AND status <> 'REMOVED' AND updated_at IS DISTINCT FROM %s""",
             [chain_id, contract, from_block, to_block, now],
         )
         rows = cursor.fetchall()
     if not rows:
         return []
     keys = {log.key for log in logs}
-    return [row_id for row_id, tx_hash, log_index in rows if (tx_hash, log_index) not in keys]
+    return [(row_id, number, block_hash) for row_id, tx_hash, log_index, number, block_hash in rows
+            if (tx_hash, log_index) not in keys]
 
 
 def load_rows(event_ids: list[int]) -> dict[str, list[StoredEvent]]:

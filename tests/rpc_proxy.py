@@ -10,7 +10,8 @@ going away in the middle of a run). `seen` lists the methods asked, `requests` c
 closes), as a streaming node may send them. `lag_blocks` makes the node look that many blocks
 behind: "latest" is an older header and blocks above it do not exist (a lagging backend).
 A method in `lose_answer_once` is forwarded the first time it is asked, and that answer is lost
-(HTTP 502 to the client: a gateway timing out after the node acted).
+(HTTP 502 to the client: a gateway timing out after the node acted). With `empty_logs` every
+eth_getLogs is answered with no logs (a node that has not indexed the blocks yet).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class RpcProxy:
         self.failing_methods: set[str] = set()
         self.lag_blocks = 0
         self.lose_answer_once: set[str] = set()
+        self.empty_logs = False
         self.seen: list[str] = []
         self.requests = 0
         proxy = self
@@ -103,6 +105,9 @@ class RpcProxy:
                                    f"[{hex(start)}, {hex(start + self.max_log_blocks - 1)}].",
                     }})
                     continue
+            if self.empty_logs and item["method"] == "eth_getLogs":
+                out.append({"jsonrpc": "2.0", "id": item["id"], "result": []})
+                continue
             if self.lag_blocks and item["method"] == "eth_getBlockByNumber":
                 out.append(self._lagging_block(item))
                 continue

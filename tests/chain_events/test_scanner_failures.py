@@ -205,6 +205,54 @@ def test_a_node_behind_the_cursor_is_not_a_reorg(flow, settings, with_backup):
     assert ProviderEarnings.objects.get().services_completed == 1
 
 
+def test_an_answer_lacking_a_fast_path_log_of_a_block_still_on_chain_removes_nothing(flow, settings):
+    """A node that has not indexed a block yet answers eth_getLogs without its logs. The row the
+    fast path stored from that block is still canonical (its block hash is): marking it REMOVED
+    would take the payment away from the booking. The range is refused and scanned again."""
+    from chain_events.fastpath import process_transaction
+
+    scan()
+    cursor_before = SyncCursor.objects.get().last_block
+    booking, receipt = flow.paid_booking()
+    process_transaction(receipt["transactionHash"].to_0x_hex())
+    with RpcProxy(flow.chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.empty_logs = True
+        with pytest.raises(RpcError, match="incomplete answer"):
+            scanner.scan_chain()
+        assert SyncCursor.objects.get().last_block == cursor_before
+        assert ChainEvent.objects.get().status == EventStatus.PROCESSED
+        proxy.empty_logs = False
+        report = scan()
+    assert report.removed == 0 and report.logs == 1
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID and statuses(booking) == ["PAID"]
+    assert booking.signatures.get().consumed_at is not None
+
+
+def test_replay_removes_a_row_only_when_its_block_left_the_chain(flow, settings):
+    """Replay runs over old blocks too, outside the window of held hashes: an answer that lacks
+    a stored log is checked against the block's canonical hash before anything is removed."""
+    from chain_events.fastpath import process_transaction
+
+    chain = flow.chain
+    scan()
+    booking, receipt = flow.paid_booking()
+    process_transaction(receipt["transactionHash"].to_0x_hex())  # a block the scanner holds no hash of
+    with RpcProxy(chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.empty_logs = True
+        with pytest.raises(RpcError, match="incomplete answer"):
+            services.replay_range(chain.start_block)
+        booking.refresh_from_db()
+        assert booking.status == BookingStatus.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
+        proxy.empty_logs = False
+        chain.rpc("anvil_reorg", [1, []])  # now the payment's block really is replaced
+        assert services.replay_range(chain.start_block).removed == 1
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT and ChainEvent.objects.get().status == EventStatus.REMOVED
+
+
 def test_range_refused_by_provider_uses_its_suggested_range(flow, settings):
     with RpcProxy(flow.chain.url, max_log_blocks=3) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
