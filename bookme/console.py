@@ -240,8 +240,12 @@ def attention_summary(*, now=None) -> Attention:
             severity = "critical"
         elif lag is None or lag > 10 or age is None or age > 120:
             severity = "warning"
+        if cursor.last_error and not cursor.halted:
+            severity = "critical" if age is None or age > 120 else "warning"
         detail = "halted: " + cursor.halt_reason if cursor.halted else (
             f"last scan {int(age)} s ago" if age is not None else "never scanned")
+        if cursor.last_error and not cursor.halted:
+            detail += f"; the last pass failed: {cursor.last_error[:300]}"
         items.append(AttentionItem(
             f"Sync lag (chain {cursor.chain_id}), blocks", "?" if lag is None else lag,
             _changelist("chain_events_synccursor"), severity, detail,

@@ -86,12 +86,14 @@ def check_sync(components: dict | None = None) -> dict:
         "last_scan_at": cursor.last_scan_at.isoformat() if cursor.last_scan_at else None,
         "last_scan_age_seconds": scan_age,
         "halted": cursor.halted,
+        "last_error": cursor.last_error[:300] or None,
     }
     if cursor.halted:
         return {"status": UNHEALTHY, "error": f"scanner halted: {cursor.halt_reason}"[:300], **result}
     too_far = lag is None or lag > settings.HEALTH_SYNC_MAX_LAG_BLOCKS
     too_old = scan_age is None or scan_age > settings.HEALTH_SYNC_MAX_SCAN_AGE.total_seconds()
-    return {"status": DEGRADED if too_far or too_old else HEALTHY, **result}
+    failing = bool(cursor.last_error)
+    return {"status": DEGRADED if too_far or too_old or failing else HEALTHY, **result}
 
 
 CHECKS = {

@@ -188,10 +188,10 @@ class OrphanAdmin(ConsoleModelAdmin):
 @admin.register(SyncCursor)
 class SyncCursorAdmin(ConsoleModelAdmin):
     list_display = ("chain_id", "contract_address", "last_block", "head_block", "lag_blocks", "last_scan_at",
-                    "last_scan_age", "finalized_block", "range_size", "halted")
+                    "last_scan_age", "finalized_block", "range_size", "halted", "last_error_at")
     readonly_fields = ("chain_id", "contract_address", "last_block", "last_block_hash", "head_block", "lag_blocks",
                        "finalized_block", "range_size", "last_scan_at", "last_scan_age", "halted", "halt_reason",
-                       "halted_at", "updated_at")
+                       "halted_at", "last_error", "last_error_at", "updated_at")
     fields = readonly_fields
 
     @admin.display(description="lag (blocks)")

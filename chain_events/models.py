@@ -101,6 +101,10 @@ class SyncCursor(models.Model):
     halted = models.BooleanField(default=False)
     halt_reason = models.TextField(blank=True, default="")
     halted_at = models.DateTimeField(null=True, blank=True)
+    # Why the last scan pass failed (RPC, a booking whose rebuild cannot be applied, ...); the
+    # next pass starts again from the cursor. Cleared by a pass that completes.
+    last_error = models.TextField(blank=True, default="")
+    last_error_at = models.DateTimeField(null=True, blank=True)
     last_scan_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -52,7 +52,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 from eth_hash.auto import keccak
 
@@ -268,7 +268,11 @@ def scan_chain(
         deadline = started + max_seconds
         follow_until = None
         while True:
-            caught_up = _scan_pass(client, target, report, deadline, actor)
+            try:
+                caught_up = _scan_pass(client, target, report, deadline, actor)
+            except Exception as exc:
+                _record_scan_failure(target, exc)
+                raise
             if report.halted or not caught_up or follow_seconds <= 0:
                 break
             now = time.monotonic()
@@ -278,6 +282,19 @@ def scan_chain(
                 break
             time.sleep(settings.CHAIN_SCAN_POLL_SECONDS)
         return report
+
+
+def _record_scan_failure(target: _Target, exc: Exception) -> None:
+    """Keep why the pass failed on the cursor (console, health): a failure that repeats every
+    beat (a node that keeps answering wrong, a booking whose rebuild cannot be applied) is
+    otherwise only a growing lag."""
+    metrics.SCAN_FAILURES.labels(type(exc).__name__).inc()
+    try:
+        SyncCursor.objects.filter(chain_id=target.chain_id, contract_address=target.contract).update(
+            last_error=f"{type(exc).__name__}: {exc}"[:2000], last_error_at=timezone.now()
+        )
+    except DatabaseError:
+        log.exception("could not record the scan failure (%s) on the cursor", exc)
 
 
 def _final_block(tip) -> int:
@@ -534,7 +551,7 @@ def _heap_frozen():
 
 def _note_position(cursor: SyncCursor, tip, final: int, report: ScanReport) -> None:
     SyncCursor.objects.filter(pk=cursor.pk).update(
-        head_block=tip.latest.number, finalized_block=final, last_scan_at=timezone.now()
+        head_block=tip.latest.number, finalized_block=final, last_scan_at=timezone.now(), last_error=""
     )
     report.cursor = cursor.last_block
     metrics.CURSOR_BLOCK.set(cursor.last_block)

@@ -532,7 +532,10 @@ def _scan_fails_and_leaves_everything(booking, cursor_before: int) -> None:
         booking.refresh_from_db()
         assert booking.status == BookingStatus.PAID
         assert ChainEvent.objects.get().status == EventStatus.PROCESSED
-        assert SyncCursor.objects.get().last_block == cursor_before
+        cursor = SyncCursor.objects.get()
+        assert cursor.last_block == cursor_before
+        # Why the scanner is stuck is on the cursor (console, health), not only a growing lag.
+        assert "injected handler failure" in cursor.last_error and cursor.last_error_at is not None
     finally:
         _repair_booking_updates()
 
@@ -570,6 +573,7 @@ def test_a_removed_fast_path_payment_whose_rebuild_fails_is_not_lost(flow):
     _scan_fails_and_leaves_everything(booking, cursor_before)
     report = scan()
     assert report.removed == 1
+    assert SyncCursor.objects.get().last_error == ""  # a pass that completes clears it
     booking.refresh_from_db()
     assert booking.status == BookingStatus.PENDING_PAYMENT and statuses(booking) == ["PAID", "PENDING_PAYMENT"]
     assert ChainEvent.objects.get().status == EventStatus.REMOVED

@@ -42,6 +42,15 @@ def test_index_shows_what_needs_attention(clients, booking):
     assert b"only the operators group may act" in clients["reader"].get(reverse("admin:index")).content
 
 
+def test_index_says_why_the_scanner_fails(clients):
+    SyncCursor.objects.create(chain_id=31337, contract_address="0x" + "11" * 20, last_block=100, head_block=100,
+                              last_scan_at=timezone.now() - timedelta(minutes=5),
+                              last_error="RpcInconsistentAnswer: incomplete answer", last_error_at=timezone.now())
+    items = {item.label: item for item in clients["reader"].get(reverse("admin:index")).context["attention"].items}
+    sync = items["Sync lag (chain 31337), blocks"]
+    assert sync.severity == "critical" and "the last pass failed: RpcInconsistentAnswer" in sync.detail
+
+
 @pytest.mark.chain
 def test_paused_in_the_console_and_metrics_is_the_contracts_own_state(chain_settings, clients):
     """Paused by the backend, then unpaused by the owner outside it (the usual multisig path):

@@ -96,6 +96,14 @@ def test_a_halted_scanner_makes_sync_unhealthy_but_the_service_stays_up(fresh_ch
     assert "reorg deeper" in body["components"]["sync"]["error"]
 
 
+@pytest.mark.chain
+def test_a_failing_scanner_degrades_sync_and_says_why(fresh_chain):
+    cursor_at(fresh_chain.block_number(), last_error="DataError: injected handler failure",
+              last_error_at=timezone.now())
+    sync = health()[1]["components"]["sync"]
+    assert sync["status"] == "degraded" and sync["last_error"] == "DataError: injected handler failure"
+
+
 def test_before_the_first_scan_sync_is_degraded(chain_settings):
     sync = health()[1]["components"]["sync"]
     assert sync["status"] == "degraded" and "not run yet" in sync["error"]
