@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from dataclasses import dataclass, field
 
 from eth_abi import decoding as abi_decoding
@@ -26,6 +27,10 @@ from eth_abi.registry import registry as default_registry
 from eth_hash.auto import keccak
 
 from contracts.artifacts import EVENT_ABIS, EVENT_TOPICS, abi_type
+
+from .metrics import UNDECODABLE_LOGS
+
+log = logging.getLogger(__name__)
 
 BOOKING_CREATED_AND_PAID = "BookingCreatedAndPaid"
 SERVICE_COMPLETED = "ServiceCompleted"
@@ -178,11 +183,20 @@ def _decode_with_eth_abi(layout: _Layout, data: bytes) -> list:
 
 
 def decode_logs(raws: list[dict], *, contract_address: str) -> list[DecodedLog]:
-    """Decode many raw logs, keeping only our booking events, in chain order, without duplicates."""
+    """Our booking events among `raws` (a log answer, a receipt's logs), in chain order, once each.
+
+    A log with one of our topics that does not fit the ABI (a contract built from other
+    sources than ours) cannot be applied by any retry: it is logged as an error, counted in
+    bookme_chain_undecodable_logs_total (alert ChainLogUndecodable) and skipped."""
     out = []
     seen = set()
     for raw in raws:
-        decoded = decode_log(raw, contract_address=contract_address)
+        try:
+            decoded = decode_log(raw, contract_address=contract_address)
+        except LogDecodeError as exc:
+            log.error("undecodable escrow log in tx %s: %s", raw.get("transactionHash"), exc)
+            UNDECODABLE_LOGS.inc()
+            continue
         if decoded is not None and decoded.key not in seen:
             seen.add(decoded.key)
             out.append(decoded)

@@ -22,7 +22,7 @@ from django.conf import settings
 from escrow.models import StatusSource
 
 from . import scanner
-from .decoding import DecodedLog, LogDecodeError, decode_log
+from .decoding import DecodedLog, decode_logs
 from .models import EventSource
 from .rpc import RpcClient, get_receipt, get_rpc_client
 
@@ -61,23 +61,6 @@ def escrow_contract() -> str:
     return settings.ESCROW_CONTRACT_ADDRESS.lower()
 
 
-def decode_receipt_logs(receipt: dict, *, contract_address: str) -> list[DecodedLog]:
-    """Our contract's booking events in a receipt. Logs of other contracts are skipped;
-    a log with our topic that does not fit the ABI is skipped with an error logged (the
-    scanner applies its own policy to it when it reaches the block)."""
-    out = []
-    for raw in receipt.get("logs") or []:
-        try:
-            decoded = decode_log(raw, contract_address=contract_address)
-        except LogDecodeError as exc:
-            log.error("undecodable escrow log in tx %s: %s", receipt.get("transactionHash"), exc)
-            continue
-        if decoded is not None:
-            out.append(decoded)
-    out.sort(key=lambda e: e.position)
-    return out
-
-
 def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | None = None) -> ReceiptOutcome:
     """Fetch `tx_hash`'s receipt and store + apply our contract's events from it.
 
@@ -98,7 +81,7 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
     if int(receipt.get("status") or "0x0", 16) == 0:
         outcome.reverted = True  # a reverted transaction emits no logs: nothing to store
         return outcome
-    outcome.events = decode_receipt_logs(receipt, contract_address=contract)
+    outcome.events = decode_logs(receipt.get("logs") or [], contract_address=contract)
     if not outcome.events:
         return outcome
     held = scanner.held_block_hash(outcome.block_number)

@@ -43,6 +43,9 @@ DEEP_REORGS = Counter("bookme_chain_deep_reorgs_total", "Reorgs deeper than the 
 DEAD_LETTERS = Counter("bookme_chain_dead_letters_total", "Events moved to DEAD_LETTER", ["event"])
 ORPHANS = Counter("bookme_chain_orphans_total", "Chain booking ids found that the database does not know")
 RANGE_SHRINKS = Counter("bookme_chain_log_range_shrinks_total", "eth_getLogs ranges shrunk after a refusal or too many results")
+UNDECODABLE_LOGS = Counter(
+    "bookme_chain_undecodable_logs_total", "Logs with a booking event topic of our contract that do not fit the ABI"
+)
 SCAN_FAILURES = Counter("bookme_chain_scan_failures_total", "Scan passes that ended with an error", ["error"])
 SCANS_SKIPPED = Counter("bookme_chain_scans_skipped_total", "Scan runs that found another scan holding the lock")
 

@@ -60,7 +60,7 @@ from bookme.db import server_binding_cursor
 from escrow import chain_effects
 
 from . import handlers, metrics, store
-from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, LogDecodeError, decode_log
+from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, decode_logs
 from .models import BlockHash, ChainEvent, EventSource, EventStatus, Orphan, SyncCursor
 from .rpc import (
     BlockHeader,
@@ -698,7 +698,7 @@ def _fetch_range(
             f"{results} logs in {from_block}-{to_block}",
             suggested_to=from_block + max(1, span * _target_results() // results) - 1,
         )
-    logs = _decode(raw_logs, target.contract)
+    logs = decode_logs(raw_logs, contract_address=target.contract)
     del raw_logs
     for decoded in logs:
         decoded.args_json()  # cached on the log: rendered here, in the prefetch thread, not while storing
@@ -783,23 +783,6 @@ def _store_window(cursor_pk: int, headers: dict[int, BlockHeader], final: int) -
                         parent_hash = EXCLUDED.parent_hash""",
                 [cursor_pk, numbers, [headers[n].hash for n in numbers], [headers[n].parent_hash for n in numbers]],
             )
-
-
-def _decode(raw_logs: list[dict], contract: str) -> list[DecodedLog]:
-    """Our booking events in chain order, once each. A log with our topic that does not fit
-    the ABI cannot be applied by any retry: it is logged loudly and skipped."""
-    out, seen = [], set()
-    for raw in raw_logs:
-        try:
-            decoded = decode_log(raw, contract_address=contract)
-        except LogDecodeError as exc:
-            log.error("undecodable escrow log in tx %s: %s", raw.get("transactionHash"), exc)
-            continue
-        if decoded is not None and decoded.key not in seen:
-            seen.add(decoded.key)
-            out.append(decoded)
-    out.sort(key=lambda d: d.position)
-    return out
 
 
 def _ingest(
@@ -930,7 +913,7 @@ def apply_logs(
     `status_source` (default: `reconciliation` when source is reconciliation, else `chain`).
     """
     target = _target()
-    logs = _decode(raw_logs, target.contract)
+    logs = decode_logs(raw_logs, contract_address=target.contract)
     if status_source is None:
         status_source = "reconciliation" if source == EventSource.RECONCILIATION else "chain"
     now = timezone.now()
@@ -972,7 +955,7 @@ def replay_range(
         except LogRangeTooLarge as exc:
             size = _smaller_range_size(start, end, exc.suggested_to)
             continue
-        logs = _decode(raw_logs, target.contract)
+        logs = decode_logs(raw_logs, contract_address=target.contract)
         # Stored rows the answer lacks are removed only if their block left the chain: replay
         # often runs over blocks older than the window, whose hashes nothing else checks.
         stale_blocks = {number for _, number, _ in

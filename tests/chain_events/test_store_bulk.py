@@ -17,6 +17,7 @@ from chain_events.decoding import (
     SERVICE_COMPLETED,
     _LAYOUTS,
     decode_log,
+    decode_logs,
 )
 from chain_events.models import ChainEvent, EventSource
 from contracts.artifacts import EVENT_TOPICS
@@ -77,6 +78,22 @@ def test_non_hex_log_data_is_a_decode_error():
     raw["data"] = "0x" + "zz" * 192
     with pytest.raises(LogDecodeError):
         decode_log(raw, contract_address=CONTRACT)
+
+
+def test_an_undecodable_log_is_skipped_counted_and_the_rest_decoded(caplog):
+    from prometheus_client import REGISTRY
+
+    def undecodable() -> float:
+        return REGISTRY.get_sample_value("bookme_chain_undecodable_logs_total") or 0.0
+
+    before = undecodable()
+    good = _raw(BOOKING_CREATED_AND_PAID, bytes(192), 1)
+    truncated = _raw(BOOKING_CREATED_AND_PAID, bytes(191), 2)
+    other_contract = {**_raw(BOOKING_CREATED_AND_PAID, bytes(191), 3), "address": "0x" + "cd" * 20}
+    decoded = decode_logs([truncated, good, good, other_contract], contract_address=CONTRACT)
+    assert [d.key for d in decoded] == [decode_log(good, contract_address=CONTRACT).key]  # once, in order
+    assert undecodable() == before + 1  # the other contract's log is not ours, not an error
+    assert "undecodable escrow log in tx " + truncated["transactionHash"] in caplog.text
 
 
 def _payment_logs(count: int, offset: int = 0):
