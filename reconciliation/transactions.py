@@ -228,7 +228,13 @@ def _node_has(client: RpcClient, tx_hash: str) -> bool:
 
 
 def _submit(client: RpcClient, account, record: SentTransaction) -> None:
-    """Take a nonce (row lock), sign, broadcast, and store it: all or nothing for the nonce row."""
+    """Take a nonce (row lock), sign, store the nonce and hash, then broadcast.
+
+    The hash is committed before the broadcast, as `_replace` does: a process that stops
+    between the two leaves a SUBMITTED row whose hash the receipt wait and the settle job look
+    up (mined, or dropped and then FAILED), never a transaction on chain that is recorded as
+    never sent. A refused broadcast gives the nonce back if no later one was taken meanwhile
+    (else `_choose_nonce` fills the gap on the next send)."""
     floor = 0  # after "nonce too low": never offer that nonce again, whatever a lagging node says
     for attempt in range(2):
         with transaction.atomic():
@@ -236,20 +242,7 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             node_pending = int(client.call("eth_getTransactionCount", [record.from_address, "pending"]), 16)
             nonce = max(_choose_nonce(row, node_pending, record), floor)
             raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
-            try:
-                _broadcast(client, raw)
-            except RpcResponseError as exc:
-                if attempt == 0 and _error_says(exc, *_NONCE_USED):
-                    floor = nonce + 1  # someone else used it: try the next one
-                    row.next_nonce = max(row.next_nonce, floor)
-                    row.save(update_fields=["next_nonce", "updated_at"])
-                    continue
-                raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
-            except RpcUnavailable:
-                # Maybe delivered, maybe not: keep the nonce and the hash; the receipt wait
-                # rebroadcasts the same signed transaction, which is harmless if it was delivered.
-                log.warning("broadcast of %s unconfirmed (RPC unavailable); will rebroadcast", tx_hash)
-            row.next_nonce = nonce + 1
+            row.next_nonce = max(row.next_nonce, nonce + 1)
             row.save(update_fields=["next_nonce", "updated_at"])
             record.nonce = nonce
             record.tx_hash = tx_hash
@@ -257,7 +250,27 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             record.status = TxStatus.SUBMITTED
             record.submitted_at = timezone.now()
             record.save(update_fields=["nonce", "tx_hash", "tx_hashes", "status", "submitted_at", "updated_at"])
-            return
+        try:
+            _broadcast(client, raw)
+        except RpcResponseError as exc:
+            if attempt == 0 and _error_says(exc, *_NONCE_USED):
+                floor = nonce + 1  # someone else used it: try the next one
+                continue
+            _give_back_nonce(record.chain_id, record.from_address, nonce)
+            raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
+        except RpcUnavailable:
+            # Maybe delivered, maybe not: the nonce and the hash are kept; the receipt wait
+            # rebroadcasts the same signed transaction, which is harmless if it was delivered.
+            log.warning("broadcast of %s unconfirmed (RPC unavailable); will rebroadcast", tx_hash)
+        return
+
+
+def _give_back_nonce(chain_id: int, address: str, nonce: int) -> None:
+    with transaction.atomic():
+        row = _lock_nonce_row(chain_id, address)
+        if row.next_nonce == nonce + 1:
+            row.next_nonce = nonce
+            row.save(update_fields=["next_nonce", "updated_at"])
 
 
 def send_transaction(

@@ -228,3 +228,61 @@ def test_a_nonce_gap_left_by_a_dropped_transaction_is_filled_first(chain_setting
     chain.mine()
     assert chain.w3.eth.get_transaction_receipt(tx_hash)["status"] == 1  # B went through behind it
     assert chain.w3.eth.get_transaction_count(account.address, "latest") == gap + 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_sender_stopping_right_after_the_broadcast_leaves_the_hash_to_settle(chain_settings, settings, monkeypatch):
+    """The node took the transaction and the sending process died before it wrote anything
+    more. The row must already hold the nonce and hash, so the settle job finds the receipt
+    instead of recording "never broadcast" for a call that ran on chain."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reconciliation import transactions
+
+    class ProcessKilled(BaseException):
+        pass
+
+    real_broadcast = transactions._broadcast
+
+    def broadcast_then_die(client, raw):
+        real_broadcast(client, raw)
+        raise ProcessKilled
+
+    chain = chain_settings
+    operator = operator_account().address
+    start = chain.w3.eth.get_transaction_count(operator, "latest")
+    monkeypatch.setattr(transactions, "_broadcast", broadcast_then_die)
+    with pytest.raises(ProcessKilled):
+        send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+    monkeypatch.undo()
+    assert chain.w3.eth.get_transaction_count(operator, "latest") == start + 1  # it ran on chain
+    later = timezone.now() + timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
+    assert transactions.settle_stale_transactions(now=later) == {"mined": 1, "failed": 0, "pending": 0}
+    record = SentTransaction.objects.get()
+    assert (record.status, record.nonce) == (TxStatus.MINED, start)
+    assert chain.w3.eth.get_transaction_receipt(record.tx_hash)["status"] == 1
+    assert OperatorNonce.objects.get(address=operator).next_nonce == start + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_broadcast_gives_its_nonce_back(chain_settings, settings):
+    """Refused by the node after the nonce was stored: the row is FAILED and the next send
+    takes the same nonce (no gap that would hold later transactions back)."""
+    from tests.rpc_proxy import RpcProxy
+
+    chain = chain_settings
+    operator = operator_account().address
+    start = chain.w3.eth.get_transaction_count(operator, "pending")
+    with RpcProxy(chain.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.refuse_methods = {"eth_sendRawTransaction": "insufficient funds for gas * price + value"}
+        with pytest.raises(TransactionRejected, match="insufficient funds") as caught:
+            send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+        proxy.refuse_methods = {}
+        assert caught.value.record.status == TxStatus.FAILED
+        assert OperatorNonce.objects.get(address=operator).next_nonce == start
+        after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                                 reason="t")
+    assert (after.nonce, after.status) == (start, TxStatus.MINED)
