@@ -26,6 +26,7 @@ outcome, and who asked for it and why.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -33,7 +34,7 @@ from datetime import timedelta
 from fractions import Fraction
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 from eth_account import Account
 from eth_utils import keccak
@@ -228,49 +229,63 @@ def _node_has(client: RpcClient, tx_hash: str) -> bool:
 
 
 def _submit(client: RpcClient, account, record: SentTransaction) -> None:
-    """Take a nonce (row lock), sign, store the nonce and hash, then broadcast.
+    """Take a nonce (row lock), sign, broadcast, and store it: all or nothing for the nonce row.
 
-    The hash is committed before the broadcast, as `_replace` does: a process that stops
-    between the two leaves a SUBMITTED row whose hash the receipt wait and the settle job look
-    up (mined, or dropped and then FAILED), never a transaction on chain that is recorded as
-    never sent. A refused broadcast gives the nonce back if no later one was taken meanwhile
-    (else `_choose_nonce` fills the gap on the next send)."""
+    The row lock is held across the broadcast, so the operator's transactions reach the node
+    in nonce order and a refused one leaves no gap. The nonce and hash are written on their
+    own connection before the broadcast (`_note_signed`): a sender that dies after the node
+    took the transaction leaves a SUBMITTED row the settle job resolves from the receipt; one
+    that dies before leaves the nonce row unmoved, so the next send takes that nonce and the
+    settle job records this row's nonce as used by another transaction."""
     floor = 0  # after "nonce too low": never offer that nonce again, whatever a lagging node says
+    hashes: list[str] = []  # every hash signed for this call (one might have been delivered)
     for attempt in range(2):
         with transaction.atomic():
             row = _lock_nonce_row(record.chain_id, record.from_address)
             node_pending = int(client.call("eth_getTransactionCount", [record.from_address, "pending"]), 16)
             nonce = max(_choose_nonce(row, node_pending, record), floor)
             raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
-            row.next_nonce = max(row.next_nonce, nonce + 1)
+            hashes.append(tx_hash)
+            _note_signed(record, nonce, tx_hash, hashes)
+            try:
+                _broadcast(client, raw)
+            except RpcResponseError as exc:
+                if attempt == 0 and _error_says(exc, *_NONCE_USED):
+                    floor = nonce + 1  # someone else used it: try the next one
+                    row.next_nonce = max(row.next_nonce, floor)
+                    row.save(update_fields=["next_nonce", "updated_at"])
+                    continue
+                raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
+            except RpcUnavailable:
+                # Maybe delivered, maybe not: keep the nonce and the hash; the receipt wait
+                # rebroadcasts the same signed transaction, which is harmless if it was delivered.
+                log.warning("broadcast of %s unconfirmed (RPC unavailable); will rebroadcast", tx_hash)
+            row.next_nonce = nonce + 1
             row.save(update_fields=["next_nonce", "updated_at"])
             record.nonce = nonce
             record.tx_hash = tx_hash
-            record.tx_hashes = [tx_hash]
+            record.tx_hashes = hashes
             record.status = TxStatus.SUBMITTED
             record.submitted_at = timezone.now()
             record.save(update_fields=["nonce", "tx_hash", "tx_hashes", "status", "submitted_at", "updated_at"])
-        try:
-            _broadcast(client, raw)
-        except RpcResponseError as exc:
-            if attempt == 0 and _error_says(exc, *_NONCE_USED):
-                floor = nonce + 1  # someone else used it: try the next one
-                continue
-            _give_back_nonce(record.chain_id, record.from_address, nonce)
-            raise TransactionRejected(f"the node refused the transaction: {exc}") from exc
-        except RpcUnavailable:
-            # Maybe delivered, maybe not: the nonce and the hash are kept; the receipt wait
-            # rebroadcasts the same signed transaction, which is harmless if it was delivered.
-            log.warning("broadcast of %s unconfirmed (RPC unavailable); will rebroadcast", tx_hash)
-        return
+            return
 
 
-def _give_back_nonce(chain_id: int, address: str, nonce: int) -> None:
-    with transaction.atomic():
-        row = _lock_nonce_row(chain_id, address)
-        if row.next_nonce == nonce + 1:
-            row.next_nonce = nonce
-            row.save(update_fields=["next_nonce", "updated_at"])
+def _note_signed(record: SentTransaction, nonce: int, tx_hash: str, hashes: list[str]) -> None:
+    """Store the nonce and hash about to be broadcast, committed at once on a connection of its
+    own: `_submit`'s transaction, which holds the nonce row, commits only after the broadcast,
+    and a process that died in between would roll them back with it (the row would then read
+    "never broadcast" for a call that ran on chain). `_submit` writes the same values again."""
+    side = connections.create_connection(DEFAULT_DB_ALIAS)
+    try:
+        with side.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {SentTransaction._meta.db_table} SET nonce = %s, tx_hash = %s, tx_hashes = %s::jsonb, "
+                "status = %s, submitted_at = now(), updated_at = now() WHERE id = %s",
+                [nonce, tx_hash, json.dumps(hashes), TxStatus.SUBMITTED, record.pk],
+            )
+    finally:
+        side.close()
 
 
 def send_transaction(

@@ -263,13 +263,50 @@ def test_a_sender_stopping_right_after_the_broadcast_leaves_the_hash_to_settle(c
     record = SentTransaction.objects.get()
     assert (record.status, record.nonce) == (TxStatus.MINED, start)
     assert chain.w3.eth.get_transaction_receipt(record.tx_hash)["status"] == 1
-    assert OperatorNonce.objects.get(address=operator).next_nonce == start + 1
+    # The nonce row went back with the dead sender's transaction; the node's count moves past it.
+    after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                             reason="t")
+    assert (after.nonce, after.status) == (start + 1, TxStatus.MINED)
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_refused_broadcast_gives_its_nonce_back(chain_settings, settings):
-    """Refused by the node after the nonce was stored: the row is FAILED and the next send
-    takes the same nonce (no gap that would hold later transactions back)."""
+def test_a_sender_stopping_right_before_the_broadcast_leaves_no_gap(chain_settings, settings, monkeypatch):
+    """The nonce and hash were stored but nothing reached the node: the next send takes the
+    same nonce, and the settle job records the stopped row's nonce as used by another."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from reconciliation import transactions
+
+    class ProcessKilled(BaseException):
+        pass
+
+    def die(client, raw):
+        raise ProcessKilled
+
+    chain = chain_settings
+    operator = operator_account().address
+    start = chain.w3.eth.get_transaction_count(operator, "latest")
+    monkeypatch.setattr(transactions, "_broadcast", die)
+    with pytest.raises(ProcessKilled):
+        send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+    monkeypatch.undo()
+    stopped = SentTransaction.objects.get()
+    assert (stopped.status, stopped.nonce) == (TxStatus.SUBMITTED, start)
+    after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                             reason="t")
+    assert (after.nonce, after.status) == (start, TxStatus.MINED)
+    later = timezone.now() + timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
+    assert transactions.settle_stale_transactions(now=later) == {"mined": 0, "failed": 1, "pending": 0}
+    stopped.refresh_from_db()
+    assert stopped.status == TxStatus.FAILED and "used by another" in stopped.error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_refused_broadcast_leaves_no_nonce_gap(chain_settings, settings):
+    """Refused by the node after the nonce and hash were stored: the row is FAILED and the
+    nonce was not taken (no gap that would hold later transactions back)."""
     from tests.rpc_proxy import RpcProxy
 
     chain = chain_settings
@@ -282,7 +319,7 @@ def test_a_refused_broadcast_gives_its_nonce_back(chain_settings, settings):
             send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
         proxy.refuse_methods = {}
         assert caught.value.record.status == TxStatus.FAILED
-        assert OperatorNonce.objects.get(address=operator).next_nonce == start
+        assert not OperatorNonce.objects.filter(address=operator, next_nonce__gt=start).exists()  # not taken
         after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
                                  reason="t")
     assert (after.nonce, after.status) == (start, TxStatus.MINED)
