@@ -313,7 +313,10 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
         if diffs:
             reasons.append(f"chain payment {state.payment.tx_hash} differs from the booking: " + "; ".join(diffs))
     reasons += [f"chain: {a}" for a in state.anomalies]
-    new_reasons = [r for r in reasons if r not in snapshot.attention_reason]
+    if reasons:  # each reason once: a reason staff acknowledged is not raised again
+        raised = Booking.attention_reasons_raised(snapshot.attention_reason)
+        reasons = [r for r in reasons if r not in raised]
+    new_reasons = reasons
     if new_reasons:
         plan.needs_attention = True
         plan.attention_reason = "\n".join(filter(None, [snapshot.attention_reason, *new_reasons]))

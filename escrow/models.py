@@ -83,14 +83,29 @@ class Booking(models.Model):
     def __str__(self):
         return f"Booking {self.uuid} ({self.status})"
 
-    #: Start of an attention line staff acknowledged. The line keeps the original text: the
-    #: chain sync adds a reason only while its text is absent, so it is not raised again.
-    ACKNOWLEDGED_PREFIX = "[acknowledged "
+    #: An attention line staff acknowledged: ACKNOWLEDGED_PREFIX + the reason + _ACKNOWLEDGED_BY
+    #: + who, when and why. The reason stays: the chain sync raises a reason only once.
+    ACKNOWLEDGED_PREFIX = "[acknowledged] "
+    _ACKNOWLEDGED_BY = " — acknowledged by "
 
     def open_attention_lines(self) -> list[str]:
         """The attention reasons nobody has dealt with yet (needs_attention is "any of these")."""
         return [line for line in self.attention_reason.splitlines()
                 if line.strip() and not line.startswith(self.ACKNOWLEDGED_PREFIX)]
+
+    @classmethod
+    def acknowledged_line(cls, line: str, note: str) -> str:
+        return f"{cls.ACKNOWLEDGED_PREFIX}{line}{cls._ACKNOWLEDGED_BY}{' '.join(note.split())}"
+
+    @classmethod
+    def attention_reasons_raised(cls, attention_reason: str) -> set[str]:
+        """Every reason raised so far, open or acknowledged (without the acknowledgement)."""
+        raised = set()
+        for line in attention_reason.splitlines():
+            if line.startswith(cls.ACKNOWLEDGED_PREFIX):
+                line = line[len(cls.ACKNOWLEDGED_PREFIX):].split(cls._ACKNOWLEDGED_BY, 1)[0]
+            raised.add(line)
+        return raised
 
 
 class BookingStatusChange(models.Model):

@@ -397,7 +397,7 @@ def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run
     )
     run.report.flagged += 1
     reason = _FLAG_LINE_PREFIX + detail
-    if created and reason not in booking.attention_reason:
+    if created and reason not in Booking.attention_reasons_raised(booking.attention_reason):
         booking.needs_attention = True
         booking.attention_reason = "\n".join(filter(None, [booking.attention_reason, reason]))
         booking.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
@@ -433,16 +433,16 @@ def acknowledge_attention(booking: Booking, *, actor: str, reason: str, now: dat
     now = now or timezone.now()
     with transaction.atomic():
         booking = Booking.objects.select_for_update().get(pk=booking.pk)
-        to_acknowledge = {line for line in booking.open_attention_lines() if not line.startswith(_FLAG_LINE_PREFIX)}
-        if not to_acknowledge:
-            raise ActionRefused(
-                "nothing to acknowledge" if not booking.needs_attention
-                else "only open reconciliation flags keep it on the list: resolve those flags"
-            )
-        stamp = (f"{Booking.ACKNOWLEDGED_PREFIX}by {actor} at {now:%Y-%m-%d %H:%M:%S} UTC: "
-                 f"{' '.join(reason.split())}] ")
+        open_lines = booking.open_attention_lines()
+        to_acknowledge = {line for line in open_lines if not line.startswith(_FLAG_LINE_PREFIX)}
+        if not booking.needs_attention:
+            raise ActionRefused("nothing to acknowledge")
+        if open_lines and not to_acknowledge:
+            raise ActionRefused("only open reconciliation flags keep it on the list: resolve those flags")
+        note = f"{actor} at {now:%Y-%m-%d %H:%M:%S} UTC: {reason}"
         booking.attention_reason = "\n".join(
-            stamp + line if line in to_acknowledge else line for line in booking.attention_reason.splitlines()
+            Booking.acknowledged_line(line, note) if line in to_acknowledge else line
+            for line in booking.attention_reason.splitlines()
         )
         booking.needs_attention = bool(booking.open_attention_lines())
         booking.save(update_fields=["needs_attention", "attention_reason", "updated_at"])

@@ -204,8 +204,9 @@ def test_operator_acknowledges_what_the_chain_flagged_and_open_flags_keep_their_
     assert response.status_code == 302
     booking.refresh_from_db()
     chain_line, flag_line = booking.attention_reason.splitlines()
-    assert chain_line.startswith("[acknowledged by staff:olivia at ") and REASON in chain_line
-    assert chain_line.endswith("] chain: ServiceCompleted in tx 0x01 without a known payment")
+    assert chain_line.startswith("[acknowledged] chain: ServiceCompleted in tx 0x01 without a known payment"
+                                 " — acknowledged by staff:olivia at ")
+    assert chain_line.endswith(REASON)
     assert flag_line == "reconciliation: test"
     assert booking.needs_attention  # the open flag still keeps it on the list
     assert REASON in log_entries(booking).get(user=operator).change_message
@@ -308,3 +309,12 @@ def test_operator_pauses_the_contract_through_the_confirmation_page(clients, ope
     assert (entry.action, entry.actor, entry.reason, entry.succeeded) == ("pause", "staff:olivia", REASON, True)
     assert chain_settings.escrow_contract.functions.paused().call() is True
     assert REASON in log_entries(entry).get(user=operator).change_message
+
+
+def test_an_acknowledgement_note_never_hides_a_later_reason():
+    """The chain sync raises each reason once, by its text; the operator's note is not a reason."""
+    later = "chain: BookingCancelled in tx 0x02 after COMPLETED ignored"
+    acknowledged = Booking.acknowledged_line("chain: second BookingCreatedAndPaid in tx 0x01 ignored",
+                                             f"staff:olivia at 2026-11-23 10:00:00 UTC: expect '{later}' next")
+    assert Booking.attention_reasons_raised(acknowledged) == {"chain: second BookingCreatedAndPaid in tx 0x01 ignored"}
+    assert later not in Booking.attention_reasons_raised(acknowledged)
