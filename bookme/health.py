@@ -86,7 +86,10 @@ def check_sync(components: dict | None = None) -> dict:
         "last_scan_at": cursor.last_scan_at.isoformat() if cursor.last_scan_at else None,
         "last_scan_age_seconds": scan_age,
         "halted": cursor.halted,
-        "last_error": cursor.last_error[:300] or None,
+        # The kind of error only: this endpoint is public, and messages may name endpoints or
+        # database details (staff read the whole message on the console).
+        "last_error": cursor.last_error.split(":", 1)[0] or None,
+        "last_error_at": cursor.last_error_at.isoformat() if cursor.last_error and cursor.last_error_at else None,
     }
     if cursor.halted:
         return {"status": UNHEALTHY, "error": f"scanner halted: {cursor.halt_reason}"[:300], **result}

@@ -52,7 +52,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django import db
+from django.db import connection, transaction
 from django.utils import timezone
 from eth_hash.auto import keccak
 
@@ -293,7 +294,7 @@ def _record_scan_failure(target: _Target, exc: Exception) -> None:
         SyncCursor.objects.filter(chain_id=target.chain_id, contract_address=target.contract).update(
             last_error=f"{type(exc).__name__}: {exc}"[:2000], last_error_at=timezone.now()
         )
-    except DatabaseError:
+    except db.Error:  # the database may be what failed: the original error is what matters
         log.exception("could not record the scan failure (%s) on the cursor", exc)
 
 
