@@ -91,7 +91,10 @@ def test_reorg_deeper_than_the_window_halts_the_scanner(flow, settings):
     chain.mine(10)
     scan()
     assert BlockHash.objects.count() == 64
-    chain.rpc("anvil_reorg", [70, []])
+    # A transfer in the first replaced block: 70 new empty blocks can hash exactly as the old
+    # empty ones did (same parent, same timestamps), which would make the reorg shallower.
+    deployer = chain.accounts.deployer.address
+    chain.rpc("anvil_reorg", [70, [[{"from": deployer, "to": deployer, "value": "0x1"}, 0]]])
     report = scan()
     assert report.halted
     cursor = SyncCursor.objects.get()
