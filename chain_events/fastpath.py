@@ -96,17 +96,16 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         # path and the scanner disagree about what counts as settled.
         outcome.awaiting_confirmations = True
         return outcome
-    store_and_apply(outcome, receipt, actor=actor)
+    store_and_apply(outcome, actor=actor)
     return outcome
 
 
-def store_and_apply(outcome: ReceiptOutcome, receipt: dict, *, actor: str = "") -> None:
-    """Store the receipt's escrow logs and apply the bookings they touch, in one transaction,
-    through the scanner's own ingest (`scanner.apply_logs`: same insert, same fold and apply)."""
-    contract = escrow_contract()
-    ours = [raw for raw in receipt.get("logs") or [] if (raw.get("address") or "").lower() == contract]
-    result = scanner.apply_logs(
-        ours, source=EventSource.RECEIPT, actor=f"receipt:{actor}" if actor else "receipt", status_source=StatusSource.CHAIN
+def store_and_apply(outcome: ReceiptOutcome, *, actor: str = "") -> None:
+    """Store the receipt's decoded escrow events and apply the bookings they touch, in one
+    transaction, through the scanner's own ingest (same insert, same fold and apply)."""
+    result = scanner.apply_decoded_logs(
+        outcome.events, source=EventSource.RECEIPT, actor=f"receipt:{actor}" if actor else "receipt",
+        status_source=StatusSource.CHAIN,
     )
     outcome.inserted = result.inserted
     outcome.bookings_applied = result.bookings

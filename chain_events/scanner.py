@@ -9,6 +9,7 @@ Public API (stable: tasks, commands, the fast path, reconciliation and benchmark
         head - CHAIN_CONFIRMATIONS range by range, detects reorgs and rolls them back, then
         keeps polling the head for `follow_seconds` (0: one pass).
     apply_logs(raw_logs, *, source="reconciliation", actor="", status_source=None) -> LogsOutcome
+    apply_decoded_logs(logs, *, source=..., actor="", status_source=None) -> LogsOutcome
         Raw eth_getLogs/receipt logs (any contract; only ours are kept) → stored once and every
         booking they touch re-derived and applied, in one transaction. No cursor change.
         Reconciliation passes logs it fetched with a bookingId topic filter.
@@ -913,8 +914,18 @@ def apply_logs(
     (idempotent: a booking already in line changes nothing). BookingStatusChange rows get
     `status_source` (default: `reconciliation` when source is reconciliation, else `chain`).
     """
+    return apply_decoded_logs(
+        decode_logs(raw_logs, contract_address=_target().contract), source=source, actor=actor,
+        status_source=status_source,
+    )
+
+
+def apply_decoded_logs(
+    logs: list[DecodedLog], *, source: str = EventSource.RECONCILIATION, actor: str = "",
+    status_source: str | None = None,
+) -> LogsOutcome:
+    """`apply_logs` for logs already decoded (the receipt fast path decodes them first)."""
     target = _target()
-    logs = decode_logs(raw_logs, contract_address=target.contract)
     if status_source is None:
         status_source = "reconciliation" if source == EventSource.RECONCILIATION else "chain"
     now = timezone.now()

@@ -315,8 +315,9 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
     reasons += [f"chain: {a}" for a in state.anomalies]
     if reasons:  # each reason once: a reason staff acknowledged is not raised again
         raised = Booking.attention_reasons_raised(snapshot.attention_reason)
-        reasons = [r for r in reasons if r not in raised]
-    new_reasons = reasons
+        new_reasons = [r for r in reasons if r not in raised]
+    else:
+        new_reasons = []
     if new_reasons:
         plan.needs_attention = True
         plan.attention_reason = "\n".join(filter(None, [snapshot.attention_reason, *new_reasons]))

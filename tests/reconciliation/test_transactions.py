@@ -230,6 +230,29 @@ def test_a_nonce_gap_left_by_a_dropped_transaction_is_filled_first(chain_setting
     assert chain.w3.eth.get_transaction_count(account.address, "latest") == gap + 2
 
 
+class _SenderKilled(BaseException):
+    """The sending process dying (not an error any handler catches)."""
+
+
+def _send_and_die(monkeypatch, to: str, *, after_broadcast: bool) -> None:
+    """send_transaction whose process dies right before, or right after, the node takes the
+    transaction; the database is left as the dead process left it."""
+    from reconciliation import transactions
+
+    real_broadcast = transactions._broadcast
+
+    def broadcast_and_die(client, raw):
+        if after_broadcast:
+            real_broadcast(client, raw)
+        raise _SenderKilled
+
+    operator = operator_account().address
+    monkeypatch.setattr(transactions, "_broadcast", broadcast_and_die)
+    with pytest.raises(_SenderKilled):
+        send_transaction(purpose=TxPurpose.OTHER, to=to, data=mint_call(operator), actor="test", reason="t")
+    monkeypatch.undo()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_a_sender_stopping_right_after_the_broadcast_leaves_the_hash_to_settle(chain_settings, settings, monkeypatch):
     """The node took the transaction and the sending process died before it wrote anything
@@ -241,22 +264,10 @@ def test_a_sender_stopping_right_after_the_broadcast_leaves_the_hash_to_settle(c
 
     from reconciliation import transactions
 
-    class ProcessKilled(BaseException):
-        pass
-
-    real_broadcast = transactions._broadcast
-
-    def broadcast_then_die(client, raw):
-        real_broadcast(client, raw)
-        raise ProcessKilled
-
     chain = chain_settings
     operator = operator_account().address
     start = chain.w3.eth.get_transaction_count(operator, "latest")
-    monkeypatch.setattr(transactions, "_broadcast", broadcast_then_die)
-    with pytest.raises(ProcessKilled):
-        send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
-    monkeypatch.undo()
+    _send_and_die(monkeypatch, chain.usdc, after_broadcast=True)
     assert chain.w3.eth.get_transaction_count(operator, "latest") == start + 1  # it ran on chain
     later = timezone.now() + timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
     assert transactions.settle_stale_transactions(now=later) == {"mined": 1, "failed": 0, "pending": 0}
@@ -279,19 +290,10 @@ def test_a_sender_stopping_right_before_the_broadcast_leaves_no_gap(chain_settin
 
     from reconciliation import transactions
 
-    class ProcessKilled(BaseException):
-        pass
-
-    def die(client, raw):
-        raise ProcessKilled
-
     chain = chain_settings
     operator = operator_account().address
     start = chain.w3.eth.get_transaction_count(operator, "latest")
-    monkeypatch.setattr(transactions, "_broadcast", die)
-    with pytest.raises(ProcessKilled):
-        send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
-    monkeypatch.undo()
+    _send_and_die(monkeypatch, chain.usdc, after_broadcast=False)
     stopped = SentTransaction.objects.get()
     assert (stopped.status, stopped.nonce) == (TxStatus.SUBMITTED, start)
     after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
