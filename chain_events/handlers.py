@@ -149,6 +149,26 @@ class ApplyTurn:
 NO_TURN = ApplyTurn()
 
 
+def lock_chain_bookings(chain_id: int, contract: str, chain_booking_ids) -> None:
+    """Lock these bookings (in id order), then the orphans of the ids the database does not
+    know, before writing any of their event rows.
+
+    The lock order of every writer: the scanner and the fast path lock a booking in
+    `apply_events` and then write its unsettled event rows. A writer that updates event rows
+    first (a retry claiming them, a rollback marking them REMOVED) and locks their bookings
+    after would wait on such a writer while it waits on those rows: PostgreSQL aborts one.
+    """
+    from .models import Orphan
+
+    ids = sorted(set(chain_booking_ids))
+    if not ids:
+        return
+    chain_effects.lock_bookings(ids)
+    list(Orphan.objects.select_for_update().filter(
+        chain_id=chain_id, contract_address=contract, chain_booking_id__in=ids
+    ).order_by("id").values_list("id", flat=True))
+
+
 @dataclass
 class ApplyOutcome:
     bookings: int = 0

@@ -59,11 +59,10 @@ from django.utils import timezone
 from eth_hash.auto import keccak
 
 from bookme.db import server_binding_cursor
-from escrow import chain_effects
 
 from . import handlers, metrics, store
 from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, decode_logs
-from .models import BlockHash, ChainEvent, EventSource, EventStatus, Orphan, SyncCursor
+from .models import BlockHash, ChainEvent, EventSource, EventStatus, SyncCursor
 from .rpc import (
     BlockHeader,
     LogRangeTooLarge,
@@ -804,28 +803,31 @@ def _ingest(
     outcome = LogsOutcome(logs=len(logs))
     inserted = store.insert_events(target.chain_id, target.contract, logs, source=source, now=now)
     outcome.inserted = sum(len(ids) for ids in inserted.values())
-    removed: dict[str, list[int]] = {}
+    stale: list[store.LiveRow] = []
     if from_block is not None:
-        stale_rows = store.stale_events(target.chain_id, target.contract, from_block, to_block, logs, now=now)
-        for _, number, block_hash in stale_rows:
-            if (canonical_hashes or {}).get(number) == block_hash:
+        stale = store.stale_events(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        for row in stale:
+            if (canonical_hashes or {}).get(row.block_number) == row.block_hash:
                 # Same block, same receipts: the log is still there and the answer left it out.
                 raise RpcInconsistentAnswer(
-                    f"the logs of blocks {from_block}-{to_block} lack a stored log of block {number}, "
+                    f"the logs of blocks {from_block}-{to_block} lack a stored log of block {row.block_number}, "
                     "which is still on the chain (incomplete answer)"
                 )
-        stale = [row_id for row_id, _, _ in stale_rows]
-        if stale:
-            turn.wait()  # their bookings may be in the range before: lock nothing of theirs ahead of it
-        removed = store.mark_removed(stale, now=now)
-        outcome.removed = sum(len(ids) for ids in removed.values())
     touched: dict[str, list[DecodedLog]] = {}
     wanted = None if reapply_all else inserted
     for event in logs:
         if wanted is None or event.chain_booking_id in wanted:
             touched.setdefault(event.chain_booking_id, []).append(event)
-    for chain_booking_id in removed:
-        touched.setdefault(chain_booking_id, [])
+    removed: dict[str, list[int]] = {}
+    if stale:
+        for row in stale:
+            touched.setdefault(row.chain_booking_id, [])
+        turn.wait()  # their bookings may be in the range before: lock nothing of theirs ahead of it
+        # Every booking this call applies, locked at once in id order before any event row of
+        # theirs is written (see handlers.lock_chain_bookings); apply_events below re-takes them.
+        handlers.lock_chain_bookings(target.chain_id, target.contract, touched)
+        removed = store.mark_removed([row.id for row in stale], now=now)
+        outcome.removed = sum(len(ids) for ids in removed.values())
     outcome.booking_ids = list(touched)
     if touched:
         kwargs = {"status_source": status_source} if status_source else {}
@@ -879,7 +881,10 @@ def _roll_back_reorg(client, target: _Target, cursor: SyncCursor, head: int, rep
     depth = cursor.last_block - number
     now = timezone.now()
     with transaction.atomic():
-        removed = store.mark_removed(store.live_event_ids_above(target.chain_id, target.contract, number), now=now)
+        rows = store.live_events_above(target.chain_id, target.contract, number)
+        # Their bookings first, their event rows after: the order every writer locks in.
+        handlers.lock_chain_bookings(target.chain_id, target.contract, [row.chain_booking_id for row in rows])
+        removed = store.mark_removed([row.id for row in rows], now=now)
         if removed:
             outcome = handlers.apply_events(
                 chain_id=target.chain_id, contract=target.contract, touched={cid: [] for cid in removed},
@@ -970,8 +975,7 @@ def replay_range(
         logs = decode_logs(raw_logs, contract_address=target.contract)
         # Stored rows the answer lacks are removed only if their block left the chain: replay
         # often runs over blocks older than the window, whose hashes nothing else checks.
-        stale_blocks = {number for _, number, _ in
-                        store.stale_events(target.chain_id, target.contract, start, end, logs)}
+        stale_blocks = {row.block_number for row in store.stale_events(target.chain_id, target.contract, start, end, logs)}
         canonical = {n: h.hash for n, h in _headers_in_batches(client, sorted(stale_blocks)).items()}
         with transaction.atomic():
             outcome = _ingest(
@@ -1002,14 +1006,9 @@ def retry_failed_events(*, now=None, limit: int = 500, actor: str = "retry") -> 
         booking_ids = list(dict.fromkeys(due.values_list("chain_booking_id", flat=True)[:limit]))
         if not booking_ids:
             return report
-        # Bookings (orphans) first, their event rows after: the scanner and the fast path lock
-        # in that order (apply_events marks a booking's unsettled rows processed while holding
-        # the booking). Rows claimed first would deadlock against a scanner applying a new
-        # event of the same booking.
-        chain_effects.lock_bookings(booking_ids)
-        list(Orphan.objects.select_for_update().filter(
-            chain_id=target.chain_id, contract_address=target.contract, chain_booking_id__in=booking_ids
-        ))
+        # Bookings (orphans) first, their event rows after: rows claimed first would deadlock
+        # against a scanner applying a new event of the same booking.
+        handlers.lock_chain_bookings(target.chain_id, target.contract, booking_ids)
         # SKIP LOCKED: two deliveries of the task never retry the same event twice.
         ids = list(
             due.filter(chain_booking_id__in=booking_ids).select_for_update(skip_locked=True)

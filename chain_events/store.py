@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NamedTuple
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -117,6 +118,15 @@ def _copy_new_events(chain_id: int, contract: str, logs: list[DecodedLog], *, so
 def _json_value(value) -> dict:
     # Django has psycopg hand jsonb back as text (JSONField parses it); raw cursors see the text.
     return json.loads(value) if isinstance(value, str) else value
+
+
+class LiveRow(NamedTuple):
+    """A stored row not REMOVED, as far as removing it needs: its booking is locked first."""
+
+    id: int
+    chain_booking_id: str
+    block_number: int
+    block_hash: str
 
 
 @dataclass(slots=True)
@@ -237,14 +247,14 @@ def mark_removed(event_ids: list[int], *, now) -> dict[str, list[int]]:
         return out
 
 
-def live_event_ids_above(chain_id: int, contract: str, block_number: int) -> list[int]:
+def live_events_above(chain_id: int, contract: str, block_number: int) -> list[LiveRow]:
     with server_binding_cursor() as cursor:
         cursor.execute(
-            f"""SELECT id FROM {TABLE} WHERE chain_id = %s AND contract_address = %s AND block_number > %s
-                AND status <> 'REMOVED'""",
+            f"""SELECT id, chain_booking_id, block_number, block_hash FROM {TABLE}
+                WHERE chain_id = %s AND contract_address = %s AND block_number > %s AND status <> 'REMOVED'""",
             [chain_id, contract, block_number],
         )
-        return [r[0] for r in cursor.fetchall()]
+        return [LiveRow(*row) for row in cursor.fetchall()]
 
 
 def event_id(chain_id: int, tx_hash: str, log_index: int) -> int | None:
@@ -257,9 +267,8 @@ def event_id(chain_id: int, tx_hash: str, log_index: int) -> int | None:
 
 def stale_events(
     chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now=None
-) -> list[tuple[int, int, str]]:
-    """(id, block number, block hash) of live rows stored for [from_block, to_block] that the
-    canonical logs of that range lack.
+) -> list[LiveRow]:
+    """Live rows stored for [from_block, to_block] that the canonical logs of that range lack.
 
     They were stored ahead of the scanner (fast path, replay) from a block that has since
     left the chain, or the answer that gave `logs` is incomplete (see scanner._ingest). With
@@ -269,7 +278,7 @@ def stale_events(
     """
     with server_binding_cursor() as cursor:
         cursor.execute(
-            f"""SELECT id, tx_hash, log_index, block_number, block_hash FROM {TABLE}
+            f"""SELECT id, chain_booking_id, block_number, block_hash, tx_hash, log_index FROM {TABLE}
                 WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
                   AND status <> 'REMOVED' AND updated_at IS DISTINCT FROM %s""",
             [chain_id, contract, from_block, to_block, now],
@@ -278,8 +287,7 @@ def stale_events(
     if not rows:
         return []
     keys = {log.key for log in logs}
-    return [(row_id, number, block_hash) for row_id, tx_hash, log_index, number, block_hash in rows
-            if (tx_hash, log_index) not in keys]
+    return [LiveRow(*row[:4]) for row in rows if (row[4], row[5]) not in keys]
 
 
 def load_rows(event_ids: list[int]) -> dict[str, list[StoredEvent]]:

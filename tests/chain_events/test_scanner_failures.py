@@ -435,51 +435,94 @@ def test_replay_reapplies_dead_letters_and_is_idempotent(flow, settings):
     assert ChainEvent.objects.get().status == EventStatus.PROCESSED
 
 
+def _hold_booking_then_write_its_event(booking, event, hold_seconds: float):
+    """Another writer (a retry, the fast path) in its lock order: the booking first, then one
+    of its event rows. Returns (thread, errors, locked): start the thread, wait for `locked`."""
+    import threading
+
+    import psycopg
+
+    db = connection.settings_dict
+    other = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
+    locked, errors = threading.Event(), []
+
+    def run():
+        try:
+            with other.transaction():
+                other.execute(f"SELECT id FROM {Booking._meta.db_table} WHERE id = %s FOR UPDATE", [booking.pk])
+                locked.set()
+                time.sleep(hold_seconds)  # the scanner starts meanwhile and waits for a lock
+                other.execute(f"UPDATE {ChainEvent._meta.db_table} SET updated_at = now() WHERE id = %s",
+                              [event.pk])
+        except Exception as exc:  # a deadlock aborts one side
+            errors.append(exc)
+        finally:
+            other.close()
+
+    return threading.Thread(target=run), errors, locked
+
+
 @pytest.mark.django_db(transaction=True)
 def test_retrying_a_failed_event_while_the_scanner_applies_its_booking_does_not_deadlock(flow, settings):
     """The scanner applying a new event of a booking holds the booking's lock and then writes
     the booking's unsettled event rows (marked processed with it). A retry of that booking's
     failed event must take the locks in the same order, or the two wait on each other and
     PostgreSQL aborts one of them."""
-    import threading
-
-    import psycopg
-
     bad, _ = flow.paid_booking()
     _break_booking_updates(bad.pk)
     scan()
     _repair_booking_updates()
     event = ChainEvent.objects.get(chain_booking_id=bad.chain_booking_id)
     assert event.status == EventStatus.FAILED
-    db = connection.settings_dict
-    scanner_side = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
-    locked, errors = threading.Event(), []
-
-    def scanner_applies_the_booking():
-        try:
-            with scanner_side.transaction():
-                scanner_side.execute(f"SELECT id FROM {Booking._meta.db_table} WHERE id = %s FOR UPDATE", [bad.pk])
-                locked.set()
-                time.sleep(0.5)  # the retry starts meanwhile and waits for a lock
-                scanner_side.execute(f"UPDATE {ChainEvent._meta.db_table} SET updated_at = now() WHERE id = %s",
-                                     [event.pk])
-        except Exception as exc:  # a deadlock aborts one side
-            errors.append(exc)
-
-    thread = threading.Thread(target=scanner_applies_the_booking)
+    thread, errors, locked = _hold_booking_then_write_its_event(bad, event, hold_seconds=0.5)
     thread.start()
     try:
         assert locked.wait(10)
         report = scanner.retry_failed_events(now=event.next_retry_at)
     finally:
         thread.join(10)
-        scanner_side.close()
     assert errors == []
     assert (report.attempted, report.processed) == (1, 1)
     bad.refresh_from_db()
     event.refresh_from_db()
     assert bad.status == BookingStatus.PAID and statuses(bad) == [BookingStatus.PAID]
     assert event.status == EventStatus.PROCESSED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("stored_by", ["scanner", "fast path"])
+def test_removing_rows_of_a_dropped_block_while_another_writer_holds_the_booking_does_not_deadlock(
+    flow, stored_by
+):
+    """A reorg rollback (rows the scanner stored) and a range finding fast-path rows stale both
+    mark event rows REMOVED and then re-derive their bookings. Every other writer takes the
+    booking first and its event rows after: the removal must lock in that order too, or the
+    two wait on each other and PostgreSQL aborts one of them."""
+    from chain_events.fastpath import process_transaction
+
+    chain = flow.chain
+    if stored_by == "fast path":
+        scan()
+    booking, receipt = flow.paid_booking()
+    if stored_by == "scanner":
+        scan()
+    else:
+        process_transaction(receipt["transactionHash"].to_0x_hex())
+    event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
+    chain.rpc("anvil_reorg", [1, []])  # the payment's block is replaced; the payment is gone
+    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        report = scan()
+    finally:
+        thread.join(10)
+    assert errors == []
+    assert report.reorgs == ([1] if stored_by == "scanner" else []) and report.removed == 1
+    booking.refresh_from_db()
+    event.refresh_from_db()
+    assert booking.status == BookingStatus.PENDING_PAYMENT and statuses(booking) == ["PAID", "PENDING_PAYMENT"]
+    assert event.status == EventStatus.REMOVED
 
 
 def test_a_second_scan_while_one_runs_is_skipped(flow):
