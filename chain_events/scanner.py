@@ -605,6 +605,23 @@ def _headers_in_batches(client, numbers: list[int]) -> dict[int, BlockHeader]:
     return headers
 
 
+class _CanonicalHashes:
+    """Canonical block hashes for `_ingest`'s check of stale rows: those of the headers the
+    caller already fetched, the others asked from the node (batched) when a stale row needs
+    them. Rare: only rows stored ahead of the scanner (fast path, replay) that an answer
+    lacks, in blocks whose header the caller does not hold (already final, or replayed)."""
+
+    def __init__(self, client, known: dict[int, str] | None = None):
+        self._client, self._known = client, dict(known or {})
+
+    def of(self, numbers) -> dict[int, str]:
+        numbers = set(numbers)
+        missing = sorted(numbers - self._known.keys())
+        if missing:
+            self._known.update({n: h.hash for n, h in _headers_in_batches(self._client, missing).items()})
+        return {n: self._known[n] for n in numbers}
+
+
 @dataclass
 class _FetchedRange:
     from_block: int
@@ -614,6 +631,7 @@ class _FetchedRange:
     logs: list[DecodedLog]
     next_size: int  # range size to continue with (from the density of this range)
     seconds: float  # spent fetching and decoding
+    canonical: _CanonicalHashes  # the headers above, the last one, and the node for others
 
 
 class _Prefetcher:
@@ -704,7 +722,10 @@ def _fetch_range(
     for decoded in logs:
         decoded.args_json()  # cached on the log: rendered here, in the prefetch thread, not while storing
     next_size = _next_range_size(size, span, results, ceiling)
-    return _FetchedRange(from_block, to_block, headers, last_header, logs, next_size, time.perf_counter() - started)
+    canonical = _CanonicalHashes(client, {n: h.hash for n, h in headers.items()} | {last_header.number: last_header.hash})
+    return _FetchedRange(
+        from_block, to_block, headers, last_header, logs, next_size, time.perf_counter() - started, canonical
+    )
 
 
 def _apply_range(target, cursor_pk: int, fetched: _FetchedRange, tip, final, actor, turn) -> LogsOutcome:
@@ -718,8 +739,7 @@ def _apply_range(target, cursor_pk: int, fetched: _FetchedRange, tip, final, act
     with transaction.atomic():
         outcome = _ingest(
             target, fetched.logs, from_block, to_block, source=EventSource.SCANNER, actor=actor, now=now, turn=turn,
-            # The range's unfinalized blocks and its last one; rows of older blocks are unverified.
-            canonical_hashes={n: h.hash for n, h in fetched.headers.items()} | {last_header.number: last_header.hash},
+            canonical=fetched.canonical,
         )
         turn.wait()
         _store_window(cursor_pk, fetched.headers, final)
@@ -789,15 +809,14 @@ def _store_window(cursor_pk: int, headers: dict[int, BlockHeader], final: int) -
 def _ingest(
     target: _Target, logs: list[DecodedLog], from_block: int | None, to_block: int | None, *, source: str,
     actor: str, now, reapply_all: bool = False, status_source: str | None = None,
-    turn: handlers.ApplyTurn = handlers.NO_TURN, canonical_hashes: dict[int, str] | None = None,
+    turn: handlers.ApplyTurn = handlers.NO_TURN, canonical: _CanonicalHashes | None = None,
 ) -> LogsOutcome:
     """Store `logs` and apply what they change. Runs inside the caller's transaction.
 
-    With a block range, rows stored for it that the canonical logs lack are marked REMOVED,
-    unless `canonical_hashes` (block number → hash of the canonical block, as far as the
-    caller knows them) shows a row's block still on the chain: then the logs are an
-    incomplete answer (a node that has not indexed the block yet) and RpcInconsistentAnswer
-    is raised. reapply_all re-derives every booking the logs touch (replay, reconciliation),
+    With a block range (and `canonical`, the hashes of the range's canonical blocks), rows
+    stored for it that the canonical logs lack are marked REMOVED, unless a row's block is
+    still on the chain (its hash is the canonical one): then the logs are an incomplete
+    answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised. reapply_all re-derives every booking the logs touch (replay, reconciliation),
     not only those with newly stored rows.
     """
     outcome = LogsOutcome(logs=len(logs))
@@ -806,8 +825,9 @@ def _ingest(
     stale: list[store.LiveRow] = []
     if from_block is not None:
         stale = store.stale_events(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        hashes = canonical.of(row.block_number for row in stale) if stale else {}
         for row in stale:
-            if (canonical_hashes or {}).get(row.block_number) == row.block_hash:
+            if hashes[row.block_number] == row.block_hash:
                 # Same block, same receipts: the log is still there and the answer left it out.
                 raise RpcInconsistentAnswer(
                     f"the logs of blocks {from_block}-{to_block} lack a stored log of block {row.block_number}, "
@@ -973,14 +993,12 @@ def replay_range(
             size = _smaller_range_size(start, end, exc.suggested_to)
             continue
         logs = decode_logs(raw_logs, contract_address=target.contract)
-        # Stored rows the answer lacks are removed only if their block left the chain: replay
-        # often runs over blocks older than the window, whose hashes nothing else checks.
-        stale_blocks = {row.block_number for row in store.stale_events(target.chain_id, target.contract, start, end, logs)}
-        canonical = {n: h.hash for n, h in _headers_in_batches(client, sorted(stale_blocks)).items()}
         with transaction.atomic():
             outcome = _ingest(
                 target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True,
-                canonical_hashes=canonical,
+                # Replay often runs below the window: the hashes of blocks with stale rows are
+                # fetched when a row needs one.
+                canonical=_CanonicalHashes(client),
             )
         report.count(outcome)
         start = end + 1

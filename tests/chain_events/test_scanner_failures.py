@@ -208,16 +208,22 @@ def test_a_node_behind_the_cursor_is_not_a_reorg(flow, settings, with_backup):
     assert ProviderEarnings.objects.get().services_completed == 1
 
 
-def test_an_answer_lacking_a_fast_path_log_of_a_block_still_on_chain_removes_nothing(flow, settings):
+@pytest.mark.parametrize("block_is", ["in the window", "final"])
+def test_an_answer_lacking_a_fast_path_log_of_a_block_still_on_chain_removes_nothing(flow, settings, block_is):
     """A node that has not indexed a block yet answers eth_getLogs without its logs. The row the
     fast path stored from that block is still canonical (its block hash is): marking it REMOVED
-    would take the payment away from the booking. The range is refused and scanned again."""
+    would take the payment away from the booking. The range is refused and scanned again.
+    A block already final when the scanner reaches it (the scanner was down a while) has no
+    header in the window: its hash is fetched to tell."""
     from chain_events.fastpath import process_transaction
 
     scan()
     cursor_before = SyncCursor.objects.get().last_block
     booking, receipt = flow.paid_booking()
     process_transaction(receipt["transactionHash"].to_0x_hex())
+    if block_is == "final":
+        settings.REORG_WINDOW = 2
+        flow.chain.mine(70)  # past anvil's `finalized` (head - 64) too
     with RpcProxy(flow.chain.url) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
         proxy.empty_logs = True
