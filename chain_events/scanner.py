@@ -810,21 +810,27 @@ def _ingest(
     target: _Target, logs: list[DecodedLog], from_block: int | None, to_block: int | None, *, source: str,
     actor: str, now, reapply_all: bool = False, status_source: str | None = None,
     turn: handlers.ApplyTurn = handlers.NO_TURN, canonical: _CanonicalHashes | None = None,
+    only_bookings: list[str] | None = None,
 ) -> LogsOutcome:
     """Store `logs` and apply what they change. Runs inside the caller's transaction.
 
     With a block range (and `canonical`, the hashes of the range's canonical blocks), rows
     stored for it that the canonical logs lack are marked REMOVED, unless a row's block is
     still on the chain (its hash is the canonical one): then the logs are an incomplete
-    answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised. reapply_all re-derives every booking the logs touch (replay, reconciliation),
-    not only those with newly stored rows.
+    answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised.
+    reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
+    those with newly stored rows. `only_bookings`: the logs are all those of these bookings in
+    the range; only their rows can be stale, and each is re-derived (a failure raised) even
+    if none of its rows changed.
     """
     outcome = LogsOutcome(logs=len(logs))
     inserted = store.insert_events(target.chain_id, target.contract, logs, source=source, now=now)
     outcome.inserted = sum(len(ids) for ids in inserted.values())
     stale: list[store.LiveRow] = []
     if from_block is not None:
-        stale = store.stale_events(target.chain_id, target.contract, from_block, to_block, logs, now=now)
+        stale = store.stale_events(
+            target.chain_id, target.contract, from_block, to_block, logs, now=now, chain_booking_ids=only_bookings
+        )
         hashes = canonical.of(row.block_number for row in stale) if stale else {}
         for row in stale:
             if hashes[row.block_number] == row.block_hash:
@@ -838,6 +844,8 @@ def _ingest(
     for event in logs:
         if wanted is None or event.chain_booking_id in wanted:
             touched.setdefault(event.chain_booking_id, []).append(event)
+    for chain_booking_id in only_bookings or ():
+        touched.setdefault(chain_booking_id, [])
     removed: dict[str, list[int]] = {}
     if stale:
         for row in stale:
@@ -857,7 +865,7 @@ def _ingest(
                 actor=actor, now=now, turn=turn,
                 # Re-derived only because rows of theirs were removed: no new row to mark FAILED,
                 # so a failure rolls the range back (retried next pass) rather than being lost.
-                must_apply=frozenset(cid for cid in removed if not inserted.get(cid)),
+                must_apply=frozenset(cid for cid in removed if not inserted.get(cid)) | frozenset(only_bookings or ()),
                 **kwargs,
             )
         )
@@ -959,6 +967,31 @@ def apply_decoded_logs(
             target, logs, None, None, source=source, actor=actor or str(source), now=now, reapply_all=True,
             status_source=status_source,
         )
+
+
+def rebuild_bookings(
+    chain_booking_ids: list[str], raw_logs: list[dict], *, to_block: int, client: RpcClient, actor: str,
+    status_source: str,
+) -> LogsOutcome:
+    """Make these bookings' stored events what the chain holds up to `to_block`, and re-derive
+    the bookings from them: the way out for a booking the database has ahead of the chain
+    (a staff action, reconciliation.services.rebuild_booking_from_chain).
+
+    `raw_logs` are all their logs up to `to_block` (reconciliation.services.fetch_booking_logs).
+    Logs not stored yet are stored; stored rows they lack are marked REMOVED if their block left
+    the chain, while a row whose block is still canonical means the answer is incomplete
+    (RpcInconsistentAnswer); every booking is re-derived even if none of its rows changed (a
+    status the database took on its own goes back to what its events say), and a booking that
+    cannot be re-derived raises. Runs inside the caller's transaction.
+    """
+    target = _target()
+    wanted = set(chain_booking_ids)
+    logs = [log for log in decode_logs(raw_logs, contract_address=target.contract) if log.chain_booking_id in wanted]
+    return _ingest(
+        target, logs, 0, to_block, source=EventSource.RECONCILIATION, actor=actor, now=timezone.now(),
+        reapply_all=True, status_source=status_source, canonical=_CanonicalHashes(client),
+        only_bookings=sorted(wanted),
+    )
 
 
 def replay_range(

@@ -266,9 +266,11 @@ def event_id(chain_id: int, tx_hash: str, log_index: int) -> int | None:
 
 
 def stale_events(
-    chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now=None
+    chain_id: int, contract: str, from_block: int, to_block: int, logs: list[DecodedLog], *, now=None,
+    chain_booking_ids: list[str] | None = None,
 ) -> list[LiveRow]:
-    """Live rows stored for [from_block, to_block] that the canonical logs of that range lack.
+    """Live rows stored for [from_block, to_block] (of these bookings only, if given) that the
+    canonical logs of that range lack.
 
     They were stored ahead of the scanner (fast path, replay) from a block that has since
     left the chain, or the answer that gave `logs` is incomplete (see scanner._ingest). With
@@ -276,12 +278,14 @@ def stale_events(
     construction) are left out, so only rows stored earlier are read (none during a plain
     catch-up) and compared with the logs here.
     """
+    by_booking = "" if chain_booking_ids is None else "AND chain_booking_id = ANY(%s::text[])"
     with server_binding_cursor() as cursor:
         cursor.execute(
             f"""SELECT id, chain_booking_id, block_number, block_hash, tx_hash, log_index FROM {TABLE}
                 WHERE chain_id = %s AND contract_address = %s AND block_number BETWEEN %s AND %s
-                  AND status <> 'REMOVED' AND updated_at IS DISTINCT FROM %s""",
-            [chain_id, contract, from_block, to_block, now],
+                  AND status <> 'REMOVED' AND updated_at IS DISTINCT FROM %s {by_booking}""",
+            [chain_id, contract, from_block, to_block, now]
+            + ([] if chain_booking_ids is None else [list(chain_booking_ids)]),
         )
         rows = cursor.fetchall()
     if not rows:

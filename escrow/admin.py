@@ -110,7 +110,7 @@ class BookingAdmin(ConsoleModelAdmin):
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
     inlines = [StatusChangeInline, PlatformFeeInline, SignatureInline, *_reconciliation_inlines()]
-    actions = ["reconcile_now", "acknowledge_attention", "emergency_cancel"]
+    actions = ["reconcile_now", "acknowledge_attention", "rebuild_from_chain", "emergency_cancel"]
     fieldsets = (
         (None, {"fields": ("uuid", "chain_booking_id", "status", "status_changed_at", "needs_attention",
                            "attention_reason")}),
@@ -187,6 +187,27 @@ class BookingAdmin(ConsoleModelAdmin):
                     "their own page.",
             perform=perform,
             done="Acknowledged",
+        )
+
+    @admin.action(description="Rebuild from the chain (the database is ahead of it)…", permissions=["operate"])
+    def rebuild_from_chain(self, request, queryset):
+        from reconciliation.services import rebuild_booking_from_chain
+
+        def perform(booking, actor, reason):
+            before = booking.status
+            booking = rebuild_booking_from_chain(booking, actor=actor, reason=reason)
+            return f"{before} → {booking.status}" if booking.status != before else f"still {booking.status}"
+
+        return confirm_with_reason(
+            self, request, queryset,
+            title="Rebuild from the chain",
+            warning="The bookings' events are read again from the chain, events whose block left the chain are "
+                    "marked removed, and each booking is set to what its events show (a paid booking the chain "
+                    "never saw paid goes back to PENDING_PAYMENT). Use it when reconciliation flags the database "
+                    "ahead of the chain and you have checked why. Their open reconciliation flags are resolved "
+                    "with your reason. Nothing is sent to the chain.",
+            perform=perform,
+            done="Rebuilt",
         )
 
     @admin.action(description="Emergency cancel: refund the customer in full…", permissions=["operate"])

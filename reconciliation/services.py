@@ -16,6 +16,7 @@ read_chain_bookings(chain_booking_ids, *, block="latest", client=None) -> dict[s
 fetch_booking_logs(chain_booking_ids, *, to_block, client=None) -> list[dict]   (raw logs)
 resolve_flag(flag, *, actor, note) -> ReconciliationFlag
 acknowledge_attention(booking, *, actor, reason) -> Booking      (accept what the chain sync flagged)
+rebuild_booking_from_chain(booking, *, actor, reason) -> Booking (a booking the database has ahead of the chain)
 refund_orphan(orphan, *, actor, reason) -> SentTransaction          (emergencyCancelBooking)
 ignore_orphan(orphan, *, actor, reason) -> Orphan
 auto_refund_orphans(*, now=None) -> dict                            (policy: ORPHAN_AUTO_REFUND + grace)
@@ -52,7 +53,7 @@ from chain_events.decoding import BOOKING_EVENT_TOPICS
 from chain_events.models import EventSource, Orphan, OrphanStatus
 from chain_events.rpc import RpcClient, RpcError, RpcInconsistentAnswer, RpcResponseError, get_rpc_client
 from escrow.chain_effects import IMPLIED_CHAIN_STATUS
-from escrow.models import Booking, BookingStatus
+from escrow.models import Booking, BookingStatus, StatusSource
 from escrow.services import expire_unused_authorizations
 from escrow.state import TERMINAL_STATUSES
 
@@ -448,6 +449,44 @@ def acknowledge_attention(booking: Booking, *, actor: str, reason: str, now: dat
         booking.save(update_fields=["needs_attention", "attention_reason", "updated_at"])
     log.info("booking %s: attention acknowledged by %s: %s", booking.uuid, actor, reason)
     return booking
+
+
+def rebuild_booking_from_chain(booking: Booking, *, actor: str, reason: str) -> Booking:
+    """The way out for a booking the database has ahead of the chain (flag DATABASE_AHEAD:
+    a status set by hand, a stored event whose block left the chain unnoticed), which
+    reconciliation only flags, never rewrites from a guess: staff decide, and the chain's
+    state at the confirmed head is applied.
+
+    The booking's events are fetched from the chain and its store made to match them
+    (scanner.rebuild_bookings: missing rows stored, rows whose block left the chain marked
+    REMOVED), then the booking is re-derived from them. If it still does not show what the
+    contract's getBooking says (the node's answers disagree), nothing is changed and the
+    action is refused. Its open reconciliation flags are resolved with the reason.
+    """
+    reason = _require_reason(reason)
+    client = get_rpc_client()
+    head = int(client.call("eth_blockNumber"), 16)
+    block = max(head - settings.CHAIN_CONFIRMATIONS, 0)
+    chain_booking_id = booking.chain_booking_id
+    chain = read_chain_bookings([chain_booking_id], block=block, client=client)[chain_booking_id]
+    raw_logs = fetch_booking_logs([chain_booking_id], to_block=block, client=client)
+    with transaction.atomic():
+        before = Booking.objects.get(pk=booking.pk).status
+        scanner.rebuild_bookings(
+            [chain_booking_id], raw_logs, to_block=block, client=client, actor=actor, status_source=StatusSource.ADMIN
+        )
+        booking = Booking.objects.get(pk=booking.pk)
+        if IMPLIED_CHAIN_STATUS[booking.status] != chain.status:
+            raise ActionRefused(
+                f"the chain shows {chain.status} at block {block} but its logs bring the booking to "
+                f"{booking.status}: nothing was changed; try again, or reconcile"
+            )
+        for flag in ReconciliationFlag.objects.filter(booking=booking, resolved_at=None):
+            resolve_flag(flag, actor=actor, note=f"rebuilt from the chain at block {block} ({before} → "
+                                                 f"{booking.status}): {reason}")
+    log.warning("booking %s rebuilt from the chain by %s: %s → %s (%s)", booking.uuid, actor, before,
+                booking.status, reason)
+    return Booking.objects.get(pk=booking.pk)
 
 
 # -- sending with a single-flight guard -----------------------------------------------------------

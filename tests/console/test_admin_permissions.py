@@ -57,6 +57,7 @@ ACTIONS = {
     # action name: (model admin url name, needs a confirmation page, factory of the object)
     "reconcile_now": ("escrow_booking", False, lambda booking: booking),
     "acknowledge_attention": ("escrow_booking", True, _flagged_by_the_chain),
+    "rebuild_from_chain": ("escrow_booking", True, lambda booking: booking),
     "emergency_cancel": ("escrow_booking", True, lambda booking: booking),
     "retry_events": ("chain_events_chainevent", False, lambda booking: create_dead_letter()),
     "mark_resolved": ("chain_events_chainevent", True, lambda booking: create_dead_letter()),
@@ -243,6 +244,21 @@ def test_operator_reconciles_a_booking_now(clients, operator, chain_settings, bo
     report = ReconciliationReport.objects.get()
     assert (report.trigger, report.actor, report.checked, report.status) == ("admin", "staff:olivia", 1, "OK")
     assert f"report #{report.pk}" in log_entries(booking).get(user=operator).change_message
+
+
+@pytest.mark.chain
+def test_operator_rebuilds_a_booking_the_database_has_ahead_of_the_chain(clients, operator, chain_settings, booking):
+    from escrow.state import transition
+
+    transition(booking, "PAID", source="admin", actor="test", note="database-only change")
+    response = run_action(clients["operator"], "escrow_booking", "rebuild_from_chain", booking.pk,
+                          confirm="yes", reason=REASON)
+    assert response.status_code == 302
+    booking.refresh_from_db()
+    assert booking.status == "PENDING_PAYMENT"
+    assert booking.status_changes.latest("id").actor == "staff:olivia"
+    entry = log_entries(booking).get(user=operator)
+    assert REASON in entry.change_message and "PAID → PENDING_PAYMENT" in entry.change_message
 
 
 @pytest.mark.chain

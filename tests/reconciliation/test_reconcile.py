@@ -190,3 +190,83 @@ def test_a_booking_the_scanner_moves_on_during_the_repair_is_not_flagged(
     booking.refresh_from_db()
     assert booking.status == S.COMPLETED and not booking.needs_attention
     assert not ReconciliationFlag.objects.exists()
+
+
+# -- the way out for a booking the database has ahead of the chain ----------------------------------
+def test_staff_rebuild_a_booking_the_database_has_ahead_of_the_chain(make_booking):
+    """Reconciliation flags a database-only PAID and never rewrites it; resolving the flag alone
+    brings the flag back at the next run. Rebuilding from the chain (staff, with a reason) sets
+    what the chain shows and resolves the flag: the next run finds them in agreement."""
+    from reconciliation.services import ActionRefused, rebuild_booking_from_chain
+
+    booking = make_booking()
+    force_status(booking, S.PAID)
+    reconcile_bookings(trigger="test")
+    flag = ReconciliationFlag.objects.get(booking=booking, kind=FlagKind.DATABASE_AHEAD)
+    with pytest.raises(ActionRefused, match="reason is required"):
+        rebuild_booking_from_chain(booking, actor="staff:olivia", reason=" ")
+
+    booking = rebuild_booking_from_chain(booking, actor="staff:olivia", reason="manual edit by mistake, ticket 9")
+    assert booking.status == S.PENDING_PAYMENT and not booking.needs_attention and booking.attention_reason == ""
+    change = booking.status_changes.latest("id")
+    assert (change.from_status, change.to_status, change.source, change.actor) == (
+        S.PAID, S.PENDING_PAYMENT, StatusSource.ADMIN, "staff:olivia")
+    assert change.note == "chain state is now NONE; no stored event shows PAID"
+    flag.refresh_from_db()
+    assert flag.resolved_by == "staff:olivia" and "manual edit by mistake, ticket 9" in flag.resolution_note
+    again = reconcile_bookings(trigger="test")
+    assert (again.in_agreement, again.flagged) == (1, 0)
+    assert not ReconciliationFlag.objects.filter(booking=booking, resolved_at=None).exists()
+
+
+def test_rebuild_removes_a_stored_payment_whose_block_left_the_chain_and_refuses_an_incomplete_answer(
+    chain_settings, settings, make_booking, pay
+):
+    """A payment the fast path stored, whose block then left the chain with no scan in between
+    to notice. While the block is still on the chain, a node answering without its logs is
+    refused; once it is gone, the row is REMOVED and the booking goes back to waiting for
+    payment, its nonce free again."""
+    from chain_events.fastpath import process_transaction
+    from chain_events.models import EventStatus
+    from chain_events.rpc import RpcError
+    from reconciliation.services import rebuild_booking_from_chain
+
+    booking = make_booking()
+    process_transaction(pay(booking))
+    booking.refresh_from_db()
+    assert booking.status == S.PAID
+    with RpcProxy(chain_settings.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.empty_logs = True
+        with pytest.raises(RpcError, match="incomplete answer"):
+            rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
+        booking.refresh_from_db()
+        assert booking.status == S.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
+    settings.CHAIN_RPC_URLS = [chain_settings.url]
+
+    chain_settings.rpc("anvil_reorg", [1, []])  # the payment's block is replaced: the payment is gone
+    reconcile_bookings(trigger="test")
+    assert ReconciliationFlag.objects.get(booking=booking).kind == FlagKind.DATABASE_AHEAD
+    booking = rebuild_booking_from_chain(booking, actor="staff:olivia", reason="payment lost in a reorg")
+    assert booking.status == S.PENDING_PAYMENT and booking.payment_tx_hash == ""
+    assert ChainEvent.objects.get().status == EventStatus.REMOVED
+    assert booking.signatures.get().consumed_at is None
+    assert not ReconciliationFlag.objects.filter(booking=booking, resolved_at=None).exists()
+
+
+def test_rebuild_changes_nothing_when_the_logs_do_not_account_for_the_chain_state(
+    chain_settings, settings, make_booking, pay
+):
+    """getBooking says PAID but eth_getLogs shows nothing (a node that has not indexed the
+    block): the booking cannot be brought to what the chain shows, so nothing is changed."""
+    from reconciliation.services import ActionRefused, rebuild_booking_from_chain
+
+    booking = make_booking()
+    pay(booking)
+    with RpcProxy(chain_settings.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.empty_logs = True
+        with pytest.raises(ActionRefused, match="the chain shows PAID .* nothing was changed"):
+            rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
+    booking.refresh_from_db()
+    assert booking.status == S.PENDING_PAYMENT and not ChainEvent.objects.exists()
