@@ -10,13 +10,15 @@ separator is cached per (chain id, contract), and the digest is signed with coin
 (libsecp256k1). tests/escrow/test_signing.py checks the result byte for byte against
 eth_account's `encode_typed_data` + `sign_message` and against the contract itself.
 
-Every authorization gets a fresh nonce from a PostgreSQL sequence (`allocate_nonce`, fetched in
-blocks per process) and is recorded as a `SignatureNonce` row (digest and message, never the signature key).
+Every authorization gets a fresh nonce (`allocate_nonce`: a PostgreSQL sequence value, fetched in
+blocks per process, above 64 random bits) and is recorded as a `SignatureNonce` row (digest and
+message, never the signature key).
 """
 from __future__ import annotations
 
 import functools
 import os
+import secrets
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -203,10 +205,21 @@ class _NonceBlock:
 _nonce_block = _NonceBlock()
 
 
+#: Random bits below the sequence value in a nonce.
+NONCE_RANDOM_BITS = 64
+
+
 def allocate_nonce() -> int:
     """A nonce no other caller ever gets, in this process or any other, before or after a restart:
-    a value of a PostgreSQL sequence (which never hands a value out twice), fetched in blocks."""
-    return _nonce_block.take()
+    a value of a PostgreSQL sequence (which never hands a value out twice), fetched in blocks.
+
+    Below it, 64 random bits: a database restored from a backup sets the sequence back and hands
+    its later values out again, and the contract, which keeps every nonce it has seen
+    (usedNonces), would refuse those payments until the sequence passed them. With the random
+    part a value handed out again is still a new nonce (a repeat needs the same 64 random bits).
+    The sequence stays on top, so nonces still grow and the unique index takes them at its end.
+    """
+    return (_nonce_block.take() << NONCE_RANDOM_BITS) | secrets.randbits(NONCE_RANDOM_BITS)
 
 
 # -- the SignatureNonce row ------------------------------------------------------------------
