@@ -165,6 +165,7 @@ class RpcClient:
         validate=None,
         optional: frozenset = frozenset(),
         max_answer_bytes: int | None = None,
+        answered_by: list[str] | None = None,
     ) -> list:
         """Run several calls in one HTTP round trip; results in the same order.
 
@@ -182,6 +183,9 @@ class RpcClient:
         With `max_answer_bytes`, a larger answer raises RpcAnswerTooLarge before it is read
         whole or parsed (a node without a result cap can answer a log range with hundreds
         of MB).
+
+        `answered_by`, if given, gets the label of the endpoint whose answer is returned (for
+        `report_inconsistent`, when the caller finds the answer wrong only later).
         """
         if not calls:
             return []
@@ -220,6 +224,8 @@ class RpcClient:
                         last_exc = bad
                         continue
                 self._mark_ok(endpoint)
+                if answered_by is not None:
+                    answered_by.append(endpoint.label)
                 return results
             if attempt < self.retries:
                 time.sleep(self.backoff * (2**attempt))
@@ -227,6 +233,14 @@ class RpcClient:
 
     def health(self) -> list[dict]:
         return [e.as_dict() for e in self.endpoints]
+
+    def report_inconsistent(self, label: str, exc: Exception) -> None:
+        """An answer of endpoint `label` that `batch` accepted turned out wrong (checked against
+        the database, e.g. logs it left out): that endpoint cools down like one whose answer
+        failed validation, so the next calls ask the others first."""
+        for endpoint in self.endpoints:
+            if endpoint.label == label:
+                self._mark_failed(endpoint, exc, "inconsistent")
 
     # -- internals ------------------------------------------------------------------------
     def _ordered_endpoints(self) -> list[EndpointHealth]:
@@ -473,8 +487,9 @@ def get_logs_checked(
     to_block: int,
     held_hashes: dict[int, str],
     max_answer_bytes: int | None = None,
-) -> tuple[list[dict], BlockHeader]:
-    """eth_getLogs for [from_block, to_block] plus the header of `to_block`, in ONE batch.
+) -> tuple[list[dict], BlockHeader, str]:
+    """eth_getLogs for [from_block, to_block] plus the header of `to_block`, in ONE batch:
+    the logs, the header and the label of the endpoint that answered.
 
     Asking both in one HTTP request makes one node answer both: if it returns the header we
     hold for `to_block` (`held_hashes`, the unfinalized window we fetched), it has every block
@@ -515,8 +530,11 @@ def get_logs_checked(
         parsed["header"] = header
 
     cap = max_answer_bytes if to_block > from_block else None
+    answered_by: list[str] = []
     try:
-        logs, _ = client.batch(calls, allow_errors=True, validate=validate, max_answer_bytes=cap)
+        logs, _ = client.batch(
+            calls, allow_errors=True, validate=validate, max_answer_bytes=cap, answered_by=answered_by
+        )
     except RpcAnswerTooLarge as exc:
         span = to_block - from_block + 1
         raise LogRangeTooLarge(
@@ -533,7 +551,7 @@ def get_logs_checked(
         # A single block cannot be split: its refusal is the node's failure, raised to the
         # caller (the scan pass ends and the next beat tries again) instead of asked again at once.
         raise logs
-    return logs, parsed["header"]
+    return logs, parsed["header"], answered_by[0]
 
 
 def get_receipt(client: RpcClient, tx_hash: str) -> dict | None:

@@ -273,6 +273,7 @@ def scan_chain(
                 caught_up = _scan_pass(client, target, report, deadline, actor)
             except Exception as exc:
                 _record_scan_failure(target, exc)
+                _avoid_endpoint_of(client, exc)
                 raise
             if report.halted or not caught_up or follow_seconds <= 0:
                 break
@@ -296,6 +297,14 @@ def _record_scan_failure(target: _Target, exc: Exception) -> None:
         )
     except db.Error:  # the database may be what failed: the original error is what matters
         log.exception("could not record the scan failure (%s) on the cursor", exc)
+
+
+def _avoid_endpoint_of(client: RpcClient, exc: Exception) -> None:
+    """An answer `batch` accepted that the database then showed wrong (logs an incomplete
+    eth_getLogs left out, see _ingest): its endpoint cools down, so the next pass asks the
+    others instead of being refused by the same node beat after beat."""
+    if isinstance(exc, RpcInconsistentAnswer) and exc.endpoint:
+        client.report_inconsistent(exc.endpoint, exc)
 
 
 def _final_block(tip) -> int:
@@ -632,6 +641,7 @@ class _FetchedRange:
     next_size: int  # range size to continue with (from the density of this range)
     seconds: float  # spent fetching and decoding
     canonical: _CanonicalHashes  # the headers above, the last one, and the node for others
+    answered_by: str  # the endpoint whose eth_getLogs answer `logs` are
 
 
 class _Prefetcher:
@@ -697,7 +707,7 @@ def _fetch_range(
     last block) and their decoding. No database access (runs in the prefetch thread)."""
     started = time.perf_counter()
     headers = _window_headers(client, parent_hash, from_block, to_block, final)
-    raw_logs, last_header = get_logs_checked(
+    raw_logs, last_header, answered_by = get_logs_checked(
         client,
         address=target.contract,
         topics=[BOOKING_EVENT_TOPICS],
@@ -724,7 +734,8 @@ def _fetch_range(
     next_size = _next_range_size(size, span, results, ceiling)
     canonical = _CanonicalHashes(client, {n: h.hash for n, h in headers.items()} | {last_header.number: last_header.hash})
     return _FetchedRange(
-        from_block, to_block, headers, last_header, logs, next_size, time.perf_counter() - started, canonical
+        from_block, to_block, headers, last_header, logs, next_size, time.perf_counter() - started, canonical,
+        answered_by,
     )
 
 
@@ -739,7 +750,7 @@ def _apply_range(target, cursor_pk: int, fetched: _FetchedRange, tip, final, act
     with transaction.atomic():
         outcome = _ingest(
             target, fetched.logs, from_block, to_block, source=EventSource.SCANNER, actor=actor, now=now, turn=turn,
-            canonical=fetched.canonical,
+            canonical=fetched.canonical, answered_by=fetched.answered_by,
         )
         turn.wait()
         _store_window(cursor_pk, fetched.headers, final)
@@ -810,15 +821,15 @@ def _ingest(
     target: _Target, logs: list[DecodedLog], from_block: int | None, to_block: int | None, *, source: str,
     actor: str, now, reapply_all: bool = False, status_source: str | None = None,
     turn: handlers.ApplyTurn = handlers.NO_TURN, canonical: _CanonicalHashes | None = None,
-    only_bookings: list[str] | None = None,
+    only_bookings: list[str] | None = None, answered_by: str = "",
 ) -> LogsOutcome:
     """Store `logs` and apply what they change. Runs inside the caller's transaction.
 
     With a block range (and `canonical`, the hashes of the range's canonical blocks), rows
     stored for it that the canonical logs lack are marked REMOVED, unless a row's block is
     still on the chain (its hash is the canonical one): then the logs are an incomplete
-    answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised.
-    reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
+    answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised,
+    naming `answered_by`, the endpoint that gave the logs. reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
     those with newly stored rows. `only_bookings`: the logs are all those of these bookings in
     the range; only their rows can be stale, and each is re-derived (a failure raised) even
     if none of its rows changed.
@@ -837,7 +848,7 @@ def _ingest(
                 # Same block, same receipts: the log is still there and the answer left it out.
                 raise RpcInconsistentAnswer(
                     f"the logs of blocks {from_block}-{to_block} lack a stored log of block {row.block_number}, "
-                    "which is still on the chain (incomplete answer)"
+                    "which is still on the chain (incomplete answer)", endpoint=answered_by,
                 )
     touched: dict[str, list[DecodedLog]] = {}
     wanted = None if reapply_all else inserted
@@ -1017,7 +1028,7 @@ def replay_range(
     while start <= to_block:
         end = min(start + size - 1, to_block)
         try:
-            raw_logs, _ = get_logs_checked(
+            raw_logs, _, answered_by = get_logs_checked(
                 client, address=target.contract, topics=[BOOKING_EVENT_TOPICS], from_block=start, to_block=end,
                 held_hashes={n: h for n, h in held.items() if start <= n <= end},
                 max_answer_bytes=settings.CHAIN_LOG_MAX_ANSWER_BYTES,
@@ -1026,13 +1037,18 @@ def replay_range(
             size = _smaller_range_size(start, end, exc.suggested_to)
             continue
         logs = decode_logs(raw_logs, contract_address=target.contract)
-        with transaction.atomic():
-            outcome = _ingest(
-                target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(), reapply_all=True,
-                # Replay often runs below the window: the hashes of blocks with stale rows are
-                # fetched when a row needs one.
-                canonical=_CanonicalHashes(client),
-            )
+        try:
+            with transaction.atomic():
+                outcome = _ingest(
+                    target, logs, start, end, source=EventSource.REPLAY, actor=actor, now=timezone.now(),
+                    reapply_all=True,
+                    # Replay often runs below the window: the hashes of blocks with stale rows are
+                    # fetched when a row needs one.
+                    canonical=_CanonicalHashes(client), answered_by=answered_by,
+                )
+        except RpcInconsistentAnswer as exc:
+            _avoid_endpoint_of(client, exc)
+            raise
         report.count(outcome)
         start = end + 1
     log.info("replayed blocks %d-%d: %s", from_block, to_block, report)

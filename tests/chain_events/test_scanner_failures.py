@@ -239,6 +239,28 @@ def test_an_answer_lacking_a_fast_path_log_of_a_block_still_on_chain_removes_not
     assert booking.signatures.get().consumed_at is not None
 
 
+def test_an_endpoint_that_answered_without_a_stored_log_is_avoided_by_the_next_pass(flow, settings):
+    """The node that left the log out (a primary stuck behind on its log index) cools down like
+    one that answered garbage: the next pass asks the fallback instead of being refused by the
+    same node beat after beat."""
+    from chain_events.fastpath import process_transaction
+
+    scan()
+    booking, receipt = flow.paid_booking()
+    process_transaction(receipt["transactionHash"].to_0x_hex())
+    with RpcProxy(flow.chain.url) as primary:
+        settings.CHAIN_RPC_URLS = [primary.url, flow.chain.url]
+        primary.empty_logs = True
+        with pytest.raises(RpcError, match="incomplete answer"):
+            scanner.scan_chain()
+        health = {e["endpoint"]: e for e in get_rpc_client().health()}
+        assert not health[primary.url]["healthy"]
+        report = scan()
+    assert report.removed == 0 and report.logs == 1
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID and statuses(booking) == ["PAID"]
+
+
 def test_replay_removes_a_row_only_when_its_block_left_the_chain(flow, settings):
     """Replay runs over old blocks too, outside the window of held hashes: an answer that lacks
     a stored log is checked against the block's canonical hash before anything is removed."""
