@@ -246,7 +246,7 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             nonce = max(_choose_nonce(row, node_pending, record), floor)
             raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
             hashes.append(tx_hash)
-            _note_signed(record, nonce, tx_hash, hashes)
+            _note_signed(record, hashes, nonce=nonce, tx_hash=tx_hash)
             try:
                 _broadcast(client, raw)
             except RpcResponseError as exc:
@@ -271,18 +271,23 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
             return
 
 
-def _note_signed(record: SentTransaction, nonce: int, tx_hash: str, hashes: list[str]) -> None:
-    """Store the nonce and hash about to be broadcast, committed at once on a connection of its
-    own: `_submit`'s transaction, which holds the nonce row, commits only after the broadcast,
-    and a process that died in between would roll them back with it (the row would then read
-    "never broadcast" for a call that ran on chain). `_submit` writes the same values again."""
+def _note_signed(record: SentTransaction, hashes: list[str], *, nonce: int | None = None,
+                 tx_hash: str | None = None) -> None:
+    """Store the hashes signed for `record` (and, for its first send, its nonce and hash, the
+    row SUBMITTED) before the broadcast, committed at once on a connection of its own: the
+    caller's transaction, which holds the nonce row, commits only after the broadcast, and a
+    process that died in between would roll them back with it (the row would then read
+    "never broadcast" for a call that ran on chain, or miss the hash that was mined). The
+    caller writes the same values again."""
+    sets, params = ["tx_hashes = %s::jsonb", "updated_at = now()"], [json.dumps(hashes)]
+    if nonce is not None:
+        sets += ["nonce = %s", "tx_hash = %s", "status = %s", "submitted_at = now()"]
+        params += [nonce, tx_hash, TxStatus.SUBMITTED]
     side = connections.create_connection(DEFAULT_DB_ALIAS)
     try:
         with side.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {SentTransaction._meta.db_table} SET nonce = %s, tx_hash = %s, tx_hashes = %s::jsonb, "
-                "status = %s, submitted_at = now(), updated_at = now() WHERE id = %s",
-                [nonce, tx_hash, json.dumps(hashes), TxStatus.SUBMITTED, record.pk],
+                f"UPDATE {SentTransaction._meta.db_table} SET {', '.join(sets)} WHERE id = %s", [*params, record.pk]
             )
     finally:
         side.close()
@@ -385,14 +390,26 @@ def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> d
     for record in SentTransaction.objects.filter(status=TxStatus.SUBMITTED, submitted_at__lt=cutoff):
         if refresh_transaction(record, client):
             settled["mined"] += 1
-        elif mined_count(record.from_address) > record.nonce:
-            _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
-            settled["failed"] += 1
-        elif not any(client.batch([("eth_getTransactionByHash", [h]) for h in record.tx_hashes or [record.tx_hash]])):
-            _fail(record, "dropped by the node before it was mined")
-            settled["failed"] += 1
-        else:
-            settled["pending"] += 1
+            continue
+        # Decided under the account's nonce row lock, with the row read again: a waiter
+        # replacing the transaction stores and broadcasts its new hash under that lock, so the
+        # hashes seen here are every one that went out. Read outside it, a hash stored but not
+        # yet broadcast would make a live replacement look dropped.
+        with transaction.atomic():
+            _lock_nonce_row(record.chain_id, record.from_address)
+            record.refresh_from_db()
+            if record.status != TxStatus.SUBMITTED:
+                continue  # its waiter recorded the outcome meanwhile
+            if refresh_transaction(record, client):
+                settled["mined"] += 1
+            elif mined_count(record.from_address) > record.nonce:
+                _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
+                settled["failed"] += 1
+            elif not any(client.batch([("eth_getTransactionByHash", [h]) for h in record.tx_hashes or [record.tx_hash]])):
+                _fail(record, "dropped by the node before it was mined")
+                settled["failed"] += 1
+            else:
+                settled["pending"] += 1
     return settled
 
 
@@ -413,29 +430,42 @@ def _record_receipt(record: SentTransaction, tx_hash: str, receipt: dict) -> Non
 
 
 def _replace(client: RpcClient, account, record: SentTransaction) -> None:
-    """Rebroadcast under the same nonce with both fee caps bumped (or the current market, if higher)."""
+    """Rebroadcast under the same nonce with both fee caps bumped (or the current market, if higher).
+
+    Under the account's nonce row lock, like every first broadcast and the settle job's
+    decision that a row was dropped: settle never sees the new hash stored but not yet
+    broadcast. A row settle gave an outcome meanwhile is not broadcast again (TransactionError).
+    """
     bump = max(settings.TX_FEE_BUMP_PERCENT, MIN_REPLACEMENT_BUMP_PERCENT)
     history = client.call("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]])
     market_max, market_priority = market_fees(history)
     priority = max(_percent_up(record.max_priority_fee_per_gas, bump), market_priority)
     max_fee = max(_percent_up(record.max_fee_per_gas, bump), market_max, priority)
-    if max_fee > settings.TX_MAX_FEE_PER_GAS_WEI:
-        # At the cap: rebroadcast what we have (the node may have dropped it) instead of overpaying.
-        raw, _ = _sign(account, record, record.nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
+    with transaction.atomic():
+        _lock_nonce_row(record.chain_id, record.from_address)
+        current = SentTransaction.objects.get(pk=record.pk)
+        if current.status != TxStatus.SUBMITTED:
+            record.refresh_from_db()
+            raise TransactionError(
+                f"{record.purpose} transaction was given an outcome meanwhile: {record.status} {record.error}", record
+            )
+        if max_fee > settings.TX_MAX_FEE_PER_GAS_WEI:
+            # At the cap: rebroadcast what we have (the node may have dropped it) instead of overpaying.
+            raw, _ = _sign(account, record, record.nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
+            _broadcast(client, raw)
+            return
+        raw, tx_hash = _sign(account, record, record.nonce, max_fee, priority)
+        # Known before it is sent: if the broadcast's answer is lost but the node took it (and it
+        # is the one mined), the receipt lookup still finds it among our hashes.
+        record.tx_hashes = [*current.tx_hashes, tx_hash]
+        _note_signed(record, record.tx_hashes)
         _broadcast(client, raw)
-        return
-    raw, tx_hash = _sign(account, record, record.nonce, max_fee, priority)
-    # Known before it is sent: if the broadcast's answer is lost but the node took it (and it is
-    # the one mined), the receipt lookup still finds it among our hashes.
-    record.tx_hashes = [*record.tx_hashes, tx_hash]
-    record.save(update_fields=["tx_hashes", "updated_at"])
-    _broadcast(client, raw)
-    record.max_fee_per_gas, record.max_priority_fee_per_gas = max_fee, priority
-    record.tx_hash = tx_hash
-    record.replacements += 1
-    record.save(update_fields=[
-        "max_fee_per_gas", "max_priority_fee_per_gas", "tx_hash", "tx_hashes", "replacements", "updated_at",
-    ])
+        record.max_fee_per_gas, record.max_priority_fee_per_gas = max_fee, priority
+        record.tx_hash = tx_hash
+        record.replacements += 1
+        record.save(update_fields=[
+            "max_fee_per_gas", "max_priority_fee_per_gas", "tx_hash", "tx_hashes", "replacements", "updated_at",
+        ])
     log.warning("%s tx nonce %d not mined: replaced by %s (maxFee %d, priority %d)",
                 record.purpose, record.nonce, tx_hash, max_fee, priority)
 

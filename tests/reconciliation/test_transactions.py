@@ -325,3 +325,58 @@ def test_a_refused_broadcast_leaves_no_nonce_gap(chain_settings, settings):
         after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
                                  reason="t")
     assert (after.nonce, after.status) == (start, TxStatus.MINED)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_settling_while_the_waiter_replaces_the_transaction_leaves_the_replacement_live(
+    chain_settings, settings, monkeypatch
+):
+    """The node lost the first broadcast; the row is past the receipt timeout while its waiter
+    replaces it. The settle job must not read the row between the new hash being stored and
+    its broadcast and call it "dropped" (FAILED, its nonce free for the next send) while the
+    replacement goes out: both work under the account's nonce row lock, so settle sees the
+    replacement once it is broadcast, and the row is mined."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chain_events.rpc import get_rpc_client
+    from reconciliation import transactions
+
+    chain = chain_settings
+    account = operator_account()
+    settled: dict = {}
+    real_broadcast = transactions._broadcast
+
+    def broadcast_while_settle_runs(client, raw):
+        def settle():
+            try:
+                settled["result"] = transactions.settle_stale_transactions()
+            finally:
+                connection.close()
+
+        settled["thread"] = threading.Thread(target=settle)
+        settled["thread"].start()
+        settled["thread"].join(1.0)  # unguarded, settle decides here, before the broadcast
+        real_broadcast(client, raw)
+
+    chain.rpc("evm_setAutomine", [False])
+    try:
+        record = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(account.address),
+                                  actor="test", reason="race", wait=False)
+        chain.rpc("anvil_dropTransaction", [record.tx_hash])  # the node lost the first broadcast
+        old = timezone.now() - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
+        SentTransaction.objects.filter(pk=record.pk).update(submitted_at=old)
+        record.refresh_from_db()
+        monkeypatch.setattr(transactions, "_broadcast", broadcast_while_settle_runs)
+        transactions._replace(get_rpc_client(), account, record)
+        settled["thread"].join(10)
+        assert settled["result"] == {"mined": 0, "failed": 0, "pending": 1}
+        assert SentTransaction.objects.get(pk=record.pk).status == TxStatus.SUBMITTED
+        chain.mine()
+    finally:
+        chain.rpc("evm_setAutomine", [True])
+    record.refresh_from_db()
+    assert transactions.refresh_transaction(record)
+    record.refresh_from_db()
+    assert record.status == TxStatus.MINED and record.tx_hash == record.tx_hashes[-1] != record.tx_hashes[0]
