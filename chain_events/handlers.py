@@ -153,10 +153,12 @@ def lock_chain_bookings(chain_id: int, contract: str, chain_booking_ids) -> None
     """Lock these bookings (in id order), then the orphans of the ids the database does not
     know, before writing any of their event rows.
 
-    The lock order of every writer: the scanner and the fast path lock a booking in
+    The lock order writers keep: the scanner and the fast path lock a booking in
     `apply_events` and then write its unsettled event rows. A writer that updates event rows
-    first (a retry claiming them, a rollback marking them REMOVED) and locks their bookings
-    after would wait on such a writer while it waits on those rows: PostgreSQL aborts one.
+    first (a retry claiming them, a rollback marking them REMOVED, an upsert meeting a row
+    stored already) and locks their bookings after would wait on such a writer while it
+    waits on those rows: PostgreSQL aborts one. (The scanner's own catch-up inserts its new
+    rows before locking; see scanner._ingest.)
     """
     from .models import Orphan
 

@@ -835,6 +835,15 @@ def _ingest(
     if none of its rows changed.
     """
     outcome = LogsOutcome(logs=len(logs))
+    if reapply_all:
+        # Replay, reconciliation, the fast path and rebuilds meet rows stored already, and the
+        # upsert locks such a row: their bookings are locked first, the order every writer
+        # keeps (handlers.lock_chain_bookings). The scanner's ranges hold new logs (COPY); one
+        # that meets a row the fast path stored may still wait on it, and a deadlock there
+        # aborts that range, which the next pass scans again.
+        handlers.lock_chain_bookings(
+            target.chain_id, target.contract, {log.chain_booking_id for log in logs} | set(only_bookings or ())
+        )
     inserted = store.insert_events(target.chain_id, target.contract, logs, source=source, now=now)
     outcome.inserted = sum(len(ids) for ids in inserted.values())
     stale: list[store.LiveRow] = []
@@ -862,8 +871,8 @@ def _ingest(
         for row in stale:
             touched.setdefault(row.chain_booking_id, [])
         turn.wait()  # their bookings may be in the range before: lock nothing of theirs ahead of it
-        # Every booking this call applies, locked at once in id order before any event row of
-        # theirs is written (see handlers.lock_chain_bookings); apply_events below re-takes them.
+        # Every booking this call applies, locked in id order before their rows are marked
+        # (see handlers.lock_chain_bookings); apply_events below re-takes them.
         handlers.lock_chain_bookings(target.chain_id, target.contract, touched)
         removed = store.mark_removed([row.id for row in stale], now=now)
         outcome.removed = sum(len(ids) for ids in removed.values())

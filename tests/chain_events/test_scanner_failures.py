@@ -553,6 +553,33 @@ def test_removing_rows_of_a_dropped_block_while_another_writer_holds_the_booking
     assert event.status == EventStatus.REMOVED
 
 
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("caller", ["replay", "fast path"])
+def test_storing_a_log_again_while_another_writer_holds_the_booking_does_not_deadlock(flow, caller):
+    """Replay, reconciliation and the fast path meet rows stored already, and the upsert that
+    stores a log locks its existing row. Those callers lock the bookings first, the order every
+    other writer (a retry, the scanner applying) takes, or the two wait on each other."""
+    from chain_events.fastpath import process_transaction
+
+    booking, receipt = flow.paid_booking()
+    scan()
+    event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
+    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        if caller == "replay":
+            services.replay_range(flow.chain.start_block)
+        else:
+            process_transaction(receipt["transactionHash"].to_0x_hex())
+    finally:
+        thread.join(10)
+    assert errors == []
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.PAID and statuses(booking) == ["PAID"]
+    assert ChainEvent.objects.get().status == EventStatus.PROCESSED
+
+
 def test_a_second_scan_while_one_runs_is_skipped(flow):
     target = scanner._target()
     with scanner.scan_lock(target) as held:
