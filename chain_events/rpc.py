@@ -141,17 +141,39 @@ class RpcClient:
     ):
         if not urls:
             raise ValueError("at least one RPC URL is required")
-        self.endpoints = [EndpointHealth(url=u, label=redact_url(u)) for u in urls]
+        self.endpoints = []
+        for url in urls:
+            label = redact_url(url)
+            # Two endpoints on one host (other paths, other keys) must not share a label: it
+            # names the endpoint in metrics, health and report_inconsistent.
+            taken = {e.label for e in self.endpoints}
+            if label in taken:
+                label = next(f"{label} #{n}" for n in itertools.count(2) if f"{label} #{n}" not in taken)
+            self.endpoints.append(EndpointHealth(url=url, label=label))
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.cooldown = cooldown
-        self.session = session or requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
+        # One client serves every thread of a process (Celery's thread pool, the scanner's
+        # prefetch and apply lanes): a requests.Session per thread (Session is not documented
+        # as thread-safe), counters and endpoint health under locks.
+        self._given_session = session
+        self._local = threading.local()
         self._ids = itertools.count(1)
+        self._counter_lock = threading.Lock()
         self.round_trips = 0
+
+    @property
+    def session(self) -> requests.Session:
+        if self._given_session is not None:
+            return self._given_session
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+        return session
 
     # -- public API -----------------------------------------------------------------------
     def call(self, method: str, params: list | None = None):
@@ -253,8 +275,10 @@ class RpcClient:
         ids = [next(self._ids) for _ in calls]
         payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
         body = payload[0] if len(payload) == 1 else payload
-        endpoint.total_calls += 1
-        self.round_trips += 1
+        with endpoint.lock:
+            endpoint.total_calls += 1
+        with self._counter_lock:
+            self.round_trips += 1
         RPC_CALLS.labels(endpoint.label).inc()
         try:
             response = self.session.post(
@@ -314,11 +338,13 @@ class RpcClient:
         log.warning("RPC endpoint %s failed (%s): %s", endpoint.label, kind, str(exc)[:200])
 
     def _mark_ok(self, endpoint: EndpointHealth) -> None:
-        if endpoint.consecutive_failures:
+        with endpoint.lock:
+            recovered = endpoint.consecutive_failures > 0
+            endpoint.consecutive_failures = 0
+            endpoint.cooldown_until = 0.0
+            endpoint.last_ok_at = time.time()
+        if recovered:
             log.info("RPC endpoint %s recovered", endpoint.label)
-        endpoint.consecutive_failures = 0
-        endpoint.cooldown_until = 0.0
-        endpoint.last_ok_at = time.time()
 
 
 def _should_fail_over(error: RpcResponseError) -> bool:

@@ -673,7 +673,7 @@ class _Prefetcher:
             _, future = self._pending
             self._pending = None
             if not future.cancel():
-                future.exception()  # wait: the client is not used by two threads at once
+                future.exception()  # wait: one range is fetched at a time (and its memory freed)
 
     def start(self, parent_hash: str, from_block: int, to_block: int, size: int, report: ScanReport) -> None:
         self._drop()
