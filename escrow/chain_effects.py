@@ -282,7 +282,7 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
         else:
             gone = [old.get(k) for k in ("cancellation", "completion", "payment") if old.get(k) and not new.get(k)]
             tx_hash = gone[0]["tx_hash"] if gone else ""
-            # Events removed: a reorg. None: the status was set without an event (rebuilt by staff).
+            # Events removed: a reorg. None: the status was set without an event (by hand, say).
             note = (f"chain reorg: chain state is now {target}; removed: " + ", ".join(g["tx_hash"] for g in gone)
                     if gone else f"chain state is now {target}; no stored event shows {implied}")
             plan.steps.append((snapshot.status, TARGET_STATUS[target], tx_hash, note))

@@ -408,6 +408,9 @@ def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run
 def resolve_flag(flag: ReconciliationFlag, *, actor: str, note: str) -> ReconciliationFlag:
     note = _require_reason(note)
     with transaction.atomic():
+        # The booking first, its flag after: the order of every writer of both (_flag, the
+        # chain sync, rebuild_booking_from_chain).
+        booking = Booking.objects.select_for_update().get(pk=flag.booking_id)
         flag = ReconciliationFlag.objects.select_for_update().get(pk=flag.pk)
         if flag.resolved_at is not None:
             raise ActionRefused("this flag is already resolved")
@@ -415,7 +418,6 @@ def resolve_flag(flag: ReconciliationFlag, *, actor: str, note: str) -> Reconcil
         flag.save(update_fields=["resolved_at", "resolved_by", "resolution_note"])
         # The booking leaves the attention list once nothing else keeps it there: this flag's
         # line goes; other reasons (another open flag, a payment mismatch) keep it flagged.
-        booking = Booking.objects.select_for_update().get(pk=flag.booking_id)
         lines = [line for line in booking.attention_reason.splitlines() if line != _FLAG_LINE_PREFIX + flag.detail]
         booking.attention_reason = "\n".join(lines)
         booking.needs_attention = bool(booking.open_attention_lines())
@@ -459,9 +461,10 @@ def rebuild_booking_from_chain(booking: Booking, *, actor: str, reason: str) -> 
 
     The booking's events are fetched from the chain and its store made to match them
     (scanner.rebuild_bookings: missing rows stored, rows whose block left the chain marked
-    REMOVED), then the booking is re-derived from them. If it still does not show what the
-    contract's getBooking says (the node's answers disagree), nothing is changed and the
-    action is refused. Its open reconciliation flags are resolved with the reason.
+    REMOVED), then the booking is re-derived from them. If its status then does not imply
+    the status the contract's getBooking gives (the node's answers disagree: logs left out),
+    nothing is changed and the action is refused; the check is on the status only. Its open
+    reconciliation flags are resolved with the reason.
     """
     reason = _require_reason(reason)
     client = get_rpc_client()

@@ -258,15 +258,19 @@ def test_rebuild_changes_nothing_when_the_logs_do_not_account_for_the_chain_stat
     chain_settings, settings, make_booking, pay
 ):
     """getBooking says PAID but eth_getLogs shows nothing (a node that has not indexed the
-    block): the booking cannot be brought to what the chain shows, so nothing is changed."""
+    block): rebuilt from no events, the PAID booking would go back to PENDING_PAYMENT, which
+    is not what the chain shows. The rebuild is refused and rolled back whole."""
     from reconciliation.services import ActionRefused, rebuild_booking_from_chain
 
     booking = make_booking()
     pay(booking)
+    force_status(booking, S.PAID)  # in line with the chain, though no event of it is stored
+    changes = booking.status_changes.count()
     with RpcProxy(chain_settings.url) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
         proxy.empty_logs = True
-        with pytest.raises(ActionRefused, match="the chain shows PAID .* nothing was changed"):
+        with pytest.raises(ActionRefused, match="the chain shows PAID .* PENDING_PAYMENT: nothing was changed"):
             rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
     booking.refresh_from_db()
-    assert booking.status == S.PENDING_PAYMENT and not ChainEvent.objects.exists()
+    assert booking.status == S.PAID and booking.status_changes.count() == changes
+    assert not ChainEvent.objects.exists()
