@@ -155,10 +155,10 @@ def lock_chain_bookings(chain_id: int, contract: str, chain_booking_ids) -> None
 
     The lock order writers keep: the scanner and the fast path lock a booking in
     `apply_events` and then write its unsettled event rows. A writer that updates event rows
-    first (a retry claiming them, a rollback marking them REMOVED, an upsert meeting a row
-    stored already) and locks their bookings after would wait on such a writer while it
-    waits on those rows: PostgreSQL aborts one. (The scanner's own catch-up inserts its new
-    rows before locking; see scanner._ingest.)
+    first (a retry claiming them, a rollback marking them REMOVED, a stored log reviving a
+    removed row) and locks their bookings after would wait on such a writer while it waits
+    on those rows: PostgreSQL aborts one. (The scanner's ranges insert their new rows before
+    locking; see scanner._ingest and store.insert_events.)
     """
     from .models import Orphan
 

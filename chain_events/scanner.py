@@ -836,11 +836,12 @@ def _ingest(
     """
     outcome = LogsOutcome(logs=len(logs))
     if reapply_all:
-        # Replay, reconciliation, the fast path and rebuilds meet rows stored already, and the
-        # upsert locks such a row: their bookings are locked first, the order every writer
-        # keeps (handlers.lock_chain_bookings). The scanner's ranges hold new logs (COPY); one
-        # that meets a row the fast path stored may still wait on it, and a deadlock there
-        # aborts that range, which the next pass scans again.
+        # Replay, reconciliation, the fast path and rebuilds meet rows stored already, and
+        # storing a log revives a row a reorg removed (an UPDATE: a row lock): their bookings
+        # are locked first, the order every writer keeps (handlers.lock_chain_bookings). The
+        # scanner's ranges skip that statement (catch-up: all new rows); rows they meet
+        # unchanged are not locked (store.insert_events), and a revived one, rare, may wait:
+        # a deadlock there aborts the range, which the next pass scans again.
         handlers.lock_chain_bookings(
             target.chain_id, target.contract, {log.chain_booking_id for log in logs} | set(only_bookings or ())
         )

@@ -46,37 +46,51 @@ def insert_events(
                 return _copy_new_events(chain_id, contract, logs, source=source, now=now, status=status)
         except IntegrityError:
             pass  # some of these logs are stored already (fast path, replay): the upsert below sorts them out
-    sql = f"""
-        INSERT INTO {TABLE} AS e (chain_id, contract_address, block_number, block_hash, tx_hash, tx_index,
+    # Logs stored already are left unlocked: ON CONFLICT DO NOTHING takes no lock on the row
+    # it meets (DO UPDATE would lock it even where its WHERE is false), and a writer holding
+    # that row's booking may be about to write the row (the lock order: booking, then rows).
+    insert_sql = f"""
+        INSERT INTO {TABLE} (chain_id, contract_address, block_number, block_hash, tx_hash, tx_index,
             log_index, event_name, args, chain_booking_id, status, source, retry_count, next_retry_at,
             last_error, processed_at, created_at, updated_at)
         SELECT %s, %s, u.block_number, u.block_hash, u.tx_hash, u.tx_index, u.log_index, u.event_name,
             u.args::jsonb, u.chain_booking_id, %s, %s, 0, NULL, '', %s, %s, %s
         FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[], %b::text[], %b::text[], %b::text[])
             AS u(block_number, block_hash, tx_hash, tx_index, log_index, event_name, args, chain_booking_id)
-        ON CONFLICT (chain_id, tx_hash, log_index) DO UPDATE SET
-            block_number = EXCLUDED.block_number, block_hash = EXCLUDED.block_hash, tx_index = EXCLUDED.tx_index,
-            status = EXCLUDED.status, retry_count = 0, next_retry_at = NULL, last_error = '',
-            processed_at = EXCLUDED.processed_at, updated_at = EXCLUDED.updated_at
-        WHERE e.status = 'REMOVED' OR e.block_hash <> EXCLUDED.block_hash
+        ON CONFLICT (chain_id, tx_hash, log_index) DO NOTHING
+        RETURNING id, chain_booking_id
+    """
+    # Only rows that must change are written (and so locked): a log back on the chain after a
+    # reorg removed it, or mined again in another block.
+    revive_sql = f"""
+        UPDATE {TABLE} AS e SET
+            block_number = u.block_number, block_hash = u.block_hash, tx_index = u.tx_index,
+            status = %s, retry_count = 0, next_retry_at = NULL, last_error = '', processed_at = %s, updated_at = %s
+        FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[])
+            AS u(block_number, block_hash, tx_hash, tx_index, log_index)
+        WHERE e.chain_id = %s AND e.tx_hash = u.tx_hash AND e.log_index = u.log_index
+          AND (e.status = 'REMOVED' OR e.block_hash <> u.block_hash)
         RETURNING e.id, e.chain_booking_id
     """
     processed_at = now if status == _S.PROCESSED else None
-    params = [
-        chain_id, contract, status, source, processed_at, now, now,
+    columns = [
         [l.block_number for l in logs],
         [l.block_hash for l in logs],
         [l.tx_hash for l in logs],
         [l.tx_index for l in logs],
         [l.log_index for l in logs],
-        [l.event_name for l in logs],
-        [l.args_json() for l in logs],
-        [l.chain_booking_id for l in logs],
     ]
     out: dict[str, list[int]] = {}
     with server_binding_cursor() as cursor:
-        cursor.execute(sql, params)
-        for row_id, chain_booking_id in cursor.fetchall():
+        cursor.execute(insert_sql, [
+            chain_id, contract, status, source, processed_at, now, now, *columns,
+            [l.event_name for l in logs], [l.args_json() for l in logs], [l.chain_booking_id for l in logs],
+        ])
+        inserted = cursor.fetchall()
+        if len(inserted) < len(logs):
+            cursor.execute(revive_sql, [status, processed_at, now, *columns, chain_id])
+            inserted += cursor.fetchall()
+        for row_id, chain_booking_id in inserted:
             out.setdefault(chain_booking_id, []).append(row_id)
     return out
 

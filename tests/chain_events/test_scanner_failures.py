@@ -580,6 +580,33 @@ def test_storing_a_log_again_while_another_writer_holds_the_booking_does_not_dea
     assert ChainEvent.objects.get().status == EventStatus.PROCESSED
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_scanner_meeting_a_fast_path_row_while_another_writer_holds_the_booking_does_not_deadlock(flow):
+    """Near the head the scanner's ranges often hold logs the fast path stored already. Storing
+    the range must not lock those rows (before the booking, which a new event of the same
+    booking in the range makes the scanner lock): a writer holding the booking and writing
+    that row would wait on the scanner while the scanner waits on it."""
+    from chain_events.fastpath import process_transaction
+
+    scan()
+    booking, receipt = flow.paid_booking()
+    process_transaction(receipt["transactionHash"].to_0x_hex())
+    flow.complete(booking)  # a new event of the same booking, in the same range
+    event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
+    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        report = scan()
+    finally:
+        thread.join(10)
+    assert errors == []
+    assert report.inserted == 1
+    booking.refresh_from_db()
+    assert booking.status == BookingStatus.COMPLETED and statuses(booking) == ["PAID", "COMPLETED"]
+    assert PlatformFee.objects.filter(booking=booking).count() == 1
+
+
 def test_a_second_scan_while_one_runs_is_skipped(flow):
     target = scanner._target()
     with scanner.scan_lock(target) as held:
