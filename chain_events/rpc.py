@@ -141,15 +141,13 @@ class RpcClient:
     ):
         if not urls:
             raise ValueError("at least one RPC URL is required")
-        self.endpoints = []
-        for url in urls:
-            label = redact_url(url)
-            # Two endpoints on one host (other paths, other keys) must not share a label: it
-            # names the endpoint in metrics, health and report_inconsistent.
-            taken = {e.label for e in self.endpoints}
-            if label in taken:
-                label = next(f"{label} #{n}" for n in itertools.count(2) if f"{label} #{n}" not in taken)
-            self.endpoints.append(EndpointHealth(url=url, label=label))
+        # Two endpoints on one host (other paths, other keys) must not share a label: it names
+        # the endpoint in metrics, health and report_inconsistent. The second is "<host> #2".
+        bases = [redact_url(url) for url in urls]
+        self.endpoints = [
+            EndpointHealth(url=url, label=base if i == bases.index(base) else f"{base} #{bases[:i].count(base) + 1}")
+            for i, (url, base) in enumerate(zip(urls, bases))
+        ]
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

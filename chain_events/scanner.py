@@ -829,10 +829,10 @@ def _ingest(
     stored for it that the canonical logs lack are marked REMOVED, unless a row's block is
     still on the chain (its hash is the canonical one): then the logs are an incomplete
     answer (a node that has not indexed the block yet) and RpcInconsistentAnswer is raised,
-    naming `answered_by`, the endpoint that gave the logs. reapply_all re-derives every booking the logs touch (replay, reconciliation), not only
-    those with newly stored rows. `only_bookings`: the logs are all those of these bookings in
-    the range; only their rows can be stale, and each is re-derived (a failure raised) even
-    if none of its rows changed.
+    naming `answered_by`, the endpoint that gave the logs. reapply_all re-derives every
+    booking the logs touch (replay, reconciliation), not only those with newly stored rows.
+    `only_bookings`: the logs are all those of these bookings in the range; only their rows
+    can be stale, and each is re-derived (a failure raised) even if none of its rows changed.
     """
     outcome = LogsOutcome(logs=len(logs))
     if reapply_all:
@@ -1069,8 +1069,9 @@ def retry_failed_events(*, now=None, limit: int = 500, actor: str = "retry") -> 
     """Re-apply events that are due: FAILED past their backoff, RETRY (staff asked) at once.
 
     The rows are claimed FOR UPDATE SKIP LOCKED (after their bookings' locks), so two
-    deliveries of the task never retry the same event twice. A booking that still fails counts one more attempt on its events
-    (exponential backoff, DEAD_LETTER at CHAIN_EVENT_MAX_ATTEMPTS).
+    deliveries of the task never retry the same event twice. A booking that still fails
+    counts one more attempt on its events (exponential backoff, DEAD_LETTER at
+    CHAIN_EVENT_MAX_ATTEMPTS).
     """
     now = now or timezone.now()
     target = _target()

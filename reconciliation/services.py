@@ -241,6 +241,11 @@ def fetch_booking_logs(
 _FINISHED = tuple(TERMINAL_STATUSES) + (S.EXPIRED,)
 
 
+def _confirmed_block(client: RpcClient) -> int:
+    """The newest block CHAIN_CONFIRMATIONS deep: what reconciliation compares against."""
+    return max(int(client.call("eth_blockNumber"), 16) - settings.CHAIN_CONFIRMATIONS, 0)
+
+
 def reconciliation_candidates(now: datetime, booking_ids=None):
     """(pk, chain_booking_id) of the bookings a run checks, in pk order."""
     queryset = Booking.objects.all()
@@ -276,8 +281,7 @@ def reconcile_bookings(
     candidates = reconciliation_candidates(now, booking_ids)
     done = 0
     try:
-        head = int(client.call("eth_blockNumber"), 16)
-        block = max(head - settings.CHAIN_CONFIRMATIONS, 0)
+        block = _confirmed_block(client)
         report.chain_block = block
         group_size = settings.RECONCILE_BATCH_SIZE * settings.RECONCILE_CALLS_PER_REQUEST
         for start in range(0, len(candidates), group_size):
@@ -468,8 +472,7 @@ def rebuild_booking_from_chain(booking: Booking, *, actor: str, reason: str) -> 
     """
     reason = _require_reason(reason)
     client = get_rpc_client()
-    head = int(client.call("eth_blockNumber"), 16)
-    block = max(head - settings.CHAIN_CONFIRMATIONS, 0)
+    block = _confirmed_block(client)
     chain_booking_id = booking.chain_booking_id
     chain = read_chain_bookings([chain_booking_id], block=block, client=client)[chain_booking_id]
     raw_logs = fetch_booking_logs([chain_booking_id], to_block=block, client=client)

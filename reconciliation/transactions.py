@@ -388,9 +388,6 @@ def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> d
         _fail(record, "never broadcast (the sending process stopped before it)")
         settled["failed"] += 1
     for record in SentTransaction.objects.filter(status=TxStatus.SUBMITTED, submitted_at__lt=cutoff):
-        if refresh_transaction(record, client):
-            settled["mined"] += 1
-            continue
         # Decided under the account's nonce row lock, with the row read again: a waiter
         # replacing the transaction stores and broadcasts its new hash under that lock, so the
         # hashes seen here are every one that went out. Read outside it, a hash stored but not

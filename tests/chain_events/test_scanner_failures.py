@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import socket
 import time
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -463,9 +464,11 @@ def test_replay_reapplies_dead_letters_and_is_idempotent(flow, settings):
     assert ChainEvent.objects.get().status == EventStatus.PROCESSED
 
 
-def _hold_booking_then_write_its_event(booking, event, hold_seconds: float):
-    """Another writer (a retry, the fast path) in its lock order: the booking first, then one
-    of its event rows. Returns (thread, errors, locked): start the thread, wait for `locked`."""
+@contextmanager
+def _another_writer_holding(booking, event, hold_seconds: float):
+    """Another writer (a retry, the fast path) in its lock order: the booking first, then,
+    after `hold_seconds`, one of its event rows. The body runs once the booking is held;
+    yields the errors the other writer met (a deadlock aborts one side)."""
     import threading
 
     import psycopg
@@ -479,15 +482,21 @@ def _hold_booking_then_write_its_event(booking, event, hold_seconds: float):
             with other.transaction():
                 other.execute(f"SELECT id FROM {Booking._meta.db_table} WHERE id = %s FOR UPDATE", [booking.pk])
                 locked.set()
-                time.sleep(hold_seconds)  # the scanner starts meanwhile and waits for a lock
+                time.sleep(hold_seconds)  # the body starts meanwhile and waits for a lock
                 other.execute(f"UPDATE {ChainEvent._meta.db_table} SET updated_at = now() WHERE id = %s",
                               [event.pk])
-        except Exception as exc:  # a deadlock aborts one side
+        except Exception as exc:
             errors.append(exc)
         finally:
             other.close()
 
-    return threading.Thread(target=run), errors, locked
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        yield errors
+    finally:
+        thread.join(10)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -502,13 +511,8 @@ def test_retrying_a_failed_event_while_the_scanner_applies_its_booking_does_not_
     _repair_booking_updates()
     event = ChainEvent.objects.get(chain_booking_id=bad.chain_booking_id)
     assert event.status == EventStatus.FAILED
-    thread, errors, locked = _hold_booking_then_write_its_event(bad, event, hold_seconds=0.5)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    with _another_writer_holding(bad, event, hold_seconds=0.5) as errors:
         report = scanner.retry_failed_events(now=event.next_retry_at)
-    finally:
-        thread.join(10)
     assert errors == []
     assert (report.attempted, report.processed) == (1, 1)
     bad.refresh_from_db()
@@ -538,13 +542,8 @@ def test_removing_rows_of_a_dropped_block_while_another_writer_holds_the_booking
         process_transaction(receipt["transactionHash"].to_0x_hex())
     event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
     chain.rpc("anvil_reorg", [1, []])  # the payment's block is replaced; the payment is gone
-    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    with _another_writer_holding(booking, event, hold_seconds=1.0) as errors:
         report = scan()
-    finally:
-        thread.join(10)
     assert errors == []
     assert report.reorgs == ([1] if stored_by == "scanner" else []) and report.removed == 1
     booking.refresh_from_db()
@@ -564,16 +563,11 @@ def test_storing_a_log_again_while_another_writer_holds_the_booking_does_not_dea
     booking, receipt = flow.paid_booking()
     scan()
     event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
-    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    with _another_writer_holding(booking, event, hold_seconds=1.0) as errors:
         if caller == "replay":
             services.replay_range(flow.chain.start_block)
         else:
             process_transaction(receipt["transactionHash"].to_0x_hex())
-    finally:
-        thread.join(10)
     assert errors == []
     booking.refresh_from_db()
     assert booking.status == BookingStatus.PAID and statuses(booking) == ["PAID"]
@@ -593,13 +587,8 @@ def test_the_scanner_meeting_a_fast_path_row_while_another_writer_holds_the_book
     process_transaction(receipt["transactionHash"].to_0x_hex())
     flow.complete(booking)  # a new event of the same booking, in the same range
     event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
-    thread, errors, locked = _hold_booking_then_write_its_event(booking, event, hold_seconds=1.0)
-    thread.start()
-    try:
-        assert locked.wait(10)
+    with _another_writer_holding(booking, event, hold_seconds=1.0) as errors:
         report = scan()
-    finally:
-        thread.join(10)
     assert errors == []
     assert report.inserted == 1
     booking.refresh_from_db()

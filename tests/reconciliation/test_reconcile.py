@@ -2,6 +2,7 @@
 unused authorizations expired, and an RPC outage in the middle of a run leaves nothing half done."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from datetime import timedelta
 
 import pytest
@@ -193,6 +194,18 @@ def test_a_booking_the_scanner_moves_on_during_the_repair_is_not_flagged(
 
 
 # -- the way out for a booking the database has ahead of the chain ----------------------------------
+@contextmanager
+def _node_answering_without_logs(chain_settings, settings):
+    """The configured node answers eth_getLogs with no logs (not indexed yet), the rest truly."""
+    with RpcProxy(chain_settings.url) as proxy:
+        settings.CHAIN_RPC_URLS = [proxy.url]
+        proxy.empty_logs = True
+        try:
+            yield
+        finally:
+            settings.CHAIN_RPC_URLS = [chain_settings.url]
+
+
 def test_staff_rebuild_a_booking_the_database_has_ahead_of_the_chain(make_booking):
     """Reconciliation flags a database-only PAID and never rewrites it; resolving the flag alone
     brings the flag back at the next run. Rebuilding from the chain (staff, with a reason) sets
@@ -235,14 +248,11 @@ def test_rebuild_removes_a_stored_payment_whose_block_left_the_chain_and_refuses
     process_transaction(pay(booking))
     booking.refresh_from_db()
     assert booking.status == S.PAID
-    with RpcProxy(chain_settings.url) as proxy:
-        settings.CHAIN_RPC_URLS = [proxy.url]
-        proxy.empty_logs = True
+    with _node_answering_without_logs(chain_settings, settings):
         with pytest.raises(RpcError, match="incomplete answer"):
             rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
-        booking.refresh_from_db()
-        assert booking.status == S.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
-    settings.CHAIN_RPC_URLS = [chain_settings.url]
+    booking.refresh_from_db()
+    assert booking.status == S.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
 
     chain_settings.rpc("anvil_reorg", [1, []])  # the payment's block is replaced: the payment is gone
     reconcile_bookings(trigger="test")
@@ -266,9 +276,7 @@ def test_rebuild_changes_nothing_when_the_logs_do_not_account_for_the_chain_stat
     pay(booking)
     force_status(booking, S.PAID)  # in line with the chain, though no event of it is stored
     changes = booking.status_changes.count()
-    with RpcProxy(chain_settings.url) as proxy:
-        settings.CHAIN_RPC_URLS = [proxy.url]
-        proxy.empty_logs = True
+    with _node_answering_without_logs(chain_settings, settings):
         with pytest.raises(ActionRefused, match="the chain shows PAID .* PENDING_PAYMENT: nothing was changed"):
             rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
     booking.refresh_from_db()
