@@ -10,7 +10,7 @@ from pathlib import Path
 
 import environ
 
-from .config import Config
+from common.config import Config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -80,7 +80,7 @@ DATABASES = {"default": cfg.db_url("DATABASE_URL", "postgres://postgres@127.0.0.
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"].setdefault("CONN_MAX_AGE", cfg.int("DATABASE_CONN_MAX_AGE", 60, minimum=0))
 # psycopg prepares a statement only where the code asks (execute(..., prepare=True) on the hot
-# paths, see bookme/db.py; Django's own queries bind client-side and are never prepared). Behind
+# paths, see common/db.py; Django's own queries bind client-side and are never prepared). Behind
 # a transaction-mode pooler (PgBouncer) set DATABASE_PREPARED_STATEMENTS=false: None disables them.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
     2**31 - 1 if cfg.bool("DATABASE_PREPARED_STATEMENTS", True) else None
@@ -228,7 +228,7 @@ AUTHORIZATION_EXPIRY_GRACE_SECONDS = cfg.int("AUTHORIZATION_EXPIRY_GRACE_SECONDS
 
 def _check_escrow_policy() -> None:
     """Limits cfg.int cannot express; one line naming the variable, like every config error."""
-    from .config import ConfigurationError
+    from common.config import ConfigurationError
 
     for name, value in (
         ("CANCELLATION_PARTIAL_REFUND_BPS", CANCELLATION_PARTIAL_REFUND_BPS),

@@ -12,8 +12,8 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from bookme.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason
-from escrow.admin import usdc
+from common.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason
+from common.eth import usdc
 
 from .models import ChainEvent, EventStatus, Orphan, OrphanStatus, SyncCursor
 

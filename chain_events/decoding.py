@@ -37,7 +37,6 @@ SERVICE_COMPLETED = "ServiceCompleted"
 BOOKING_CANCELLED = "BookingCancelled"
 BOOKING_EVENTS = (BOOKING_CREATED_AND_PAID, SERVICE_COMPLETED, BOOKING_CANCELLED)
 
-ZERO_ADDRESS = "0x" + "0" * 40
 
 
 class LogDecodeError(ValueError):
@@ -204,23 +203,6 @@ def decode_logs(raws: list[dict], *, contract_address: str) -> list[DecodedLog]:
     return out
 
 
-@functools.lru_cache(maxsize=65536)
-def checksum(address: str) -> str:
-    """EIP-55 form of a lower/any-case hex address (the project's normal form, see escrow.addresses).
-
-    Same result as eth_utils.to_checksum_address, ~10x faster and cached: catch-up meets
-    the same providers and customers over and over.
-    """
-    digits = address[2:].lower()
-    digest = keccak(digits.encode("ascii")).hex()
-    return "0x" + "".join(c.upper() if int(h, 16) >= 8 else c for c, h in zip(digits, digest))
-
-
-def same_address(a: str | None, b: str | None) -> bool:
-    """Address equality ignoring case; "" and the zero address both mean "none"."""
-    a = (a or ZERO_ADDRESS).lower()
-    b = (b or ZERO_ADDRESS).lower()
-    return a == b
 
 
 _UINT_ARGS = {

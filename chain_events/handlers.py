@@ -27,7 +27,9 @@ from escrow import chain_effects
 from escrow.models import StatusSource
 
 from . import metrics, store
-from .decoding import BOOKING_CANCELLED, BOOKING_CREATED_AND_PAID, SERVICE_COMPLETED, DecodedLog, checksum
+from common.eth import checksum
+
+from .decoding import BOOKING_CANCELLED, BOOKING_CREATED_AND_PAID, SERVICE_COMPLETED, DecodedLog
 from .models import OrphanStatus
 
 log = logging.getLogger(__name__)

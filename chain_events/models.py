@@ -8,7 +8,7 @@ stored once however often it is seen. Rows are written with raw SQL in bulk by
 from django.db import models
 from django.db.models import Q
 
-from escrow.fields import Uint256Field
+from common.fields import Uint256Field
 
 
 class EventStatus(models.TextChoices):

@@ -58,7 +58,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from eth_hash.auto import keccak
 
-from bookme.db import server_binding_cursor
+from common.db import server_binding_cursor
 
 from . import handlers, metrics, store
 from .decoding import BOOKING_EVENT_TOPICS, DecodedLog, decode_logs

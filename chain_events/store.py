@@ -16,7 +16,7 @@ from typing import NamedTuple
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from bookme.db import server_binding_cursor
+from common.db import server_binding_cursor
 
 from . import metrics
 from .decoding import DecodedLog, log_from_stored

@@ -5,9 +5,10 @@ import re
 
 from eth_utils import is_checksum_address, to_checksum_address
 
+from common.eth import ZERO_ADDRESS
+
 from .errors import InvalidInput
 
-ZERO_ADDRESS = "0x" + "0" * 40
 _HEX_ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 
 

@@ -12,18 +12,17 @@ from django.db.models import Q
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from bookme.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason, stuck_bookings
+from common.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason
+from common.eth import usdc
+
+from .selectors import stuck_bookings
 
 from .models import Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
-from .money import format_amount
 
-
-def usdc(base_units) -> str:
-    return "" if base_units is None else f"{format_amount(int(base_units))} USDC"
 
 
 class StuckFilter(admin.SimpleListFilter):
-    """How long a booking has been stuck (see bookme.console.stuck_bookings for what "stuck" is)."""
+    """How long a booking has been stuck (see escrow.selectors.stuck_bookings for what "stuck" is)."""
 
     title = "stuck for"
     parameter_name = "stuck"

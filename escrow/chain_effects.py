@@ -35,8 +35,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from bookme.db import server_binding_cursor
-from chain_events.decoding import ZERO_ADDRESS, checksum, same_address
+from common.db import server_binding_cursor
+from common.eth import ZERO_ADDRESS, checksum, same_address
 
 from .models import (
     Booking,

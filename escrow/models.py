@@ -4,7 +4,7 @@ import uuid as uuid_lib
 from django.db import models
 from eth_utils import keccak
 
-from .fields import Uint256Field
+from common.fields import Uint256Field
 
 
 def chain_booking_id_for(booking_uuid) -> str:

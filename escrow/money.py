@@ -1,7 +1,7 @@
 """Money rules: USDC base units as Python ints, fee splits that round down and always sum up.
 
 Nothing here ever touches float. Amounts travel as int (6-decimal USDC base units) and are
-stored as NUMERIC(78,0) (see `escrow.fields.Uint256Field`).
+stored as NUMERIC(78,0) (see `common.fields.Uint256Field`).
 """
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-USDC_DECIMALS = 6
-UNIT = 10**USDC_DECIMALS
-UINT256_MAX = 2**256 - 1
+from common.eth import UINT256_MAX, UNIT, USDC_DECIMALS
+
 BPS = 10_000
 MAX_PLATFORM_FEE_RATE = 2_000
 MAX_INVITER_FEE_RATE = 1_000
@@ -65,12 +64,6 @@ def parse_amount(value) -> int:
         raise AmountError("is larger than uint256 allows")
     return base_units
 
-
-def format_amount(base_units: int) -> str:
-    """Base units as a decimal USDC string with exactly 6 decimals ("100.500000")."""
-    sign = "-" if base_units < 0 else ""
-    whole, frac = divmod(abs(base_units), UNIT)
-    return f"{sign}{whole}.{frac:06d}"
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,12 @@ from rest_framework import serializers
 from .addresses import normalize_address
 from .errors import InvalidInput
 from .models import Booking, BookingStatusChange
-from .money import AmountError, format_amount, parse_amount
-from .services import MAX_DESCRIPTION_LENGTH, MAX_REASON_LENGTH, SUBMISSION_STATUSES, normalize_tx_hash
+from common.eth import format_amount
+
+from .money import AmountError, parse_amount
+from common.audit import MAX_REASON_LENGTH
+
+from .services import MAX_DESCRIPTION_LENGTH, SUBMISSION_STATUSES, normalize_tx_hash
 from .siwe import MAX_MESSAGE_LENGTH
 
 

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from common.audit import MAX_REASON_LENGTH, staff_actor
+
 from .addresses import normalize_address
 from .authentication import is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
@@ -30,7 +32,6 @@ log = logging.getLogger(__name__)
 S = BookingStatus
 STAFF = "staff"
 MAX_DESCRIPTION_LENGTH = 500
-MAX_REASON_LENGTH = 500
 TX_HASH_PATTERN = re.compile(r"0x[0-9a-fA-F]{64}")
 # Who ran a job that is neither a person nor the chain (audit rows' actor).
 SYSTEM_EXPIRY_ACTOR = "system:authorization-expiry"
@@ -42,7 +43,7 @@ def actor_label(user) -> str:
     if is_wallet(user):
         return f"wallet:{user.address}"
     if user is not None and getattr(user, "is_authenticated", False):
-        return f"staff:{user.get_username()}"
+        return staff_actor(user)
     return ""
 
 

@@ -37,10 +37,10 @@ from django.utils import timezone
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
-from .addresses import ZERO_ADDRESS
+from common.eth import ZERO_ADDRESS
 from .models import Booking, SignatureKind, SignatureNonce
 from .money import CancellationSplit
-from bookme.db import server_binding_cursor
+from common.db import server_binding_cursor
 
 # Created by migration 0003_signature_nonce_sequence.
 NONCE_SEQUENCE = "escrow_signature_nonce_seq"

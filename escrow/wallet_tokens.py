@@ -18,7 +18,7 @@ from django.db import connection
 from django.utils import timezone
 
 from .models import Booking, WalletToken
-from bookme.db import server_binding_cursor
+from common.db import server_binding_cursor
 
 # Longer than any token we issue (43 characters); anything longer is refused without a query.
 MAX_TOKEN_LENGTH = 128

@@ -11,7 +11,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path
 
-from bookme.console import ConsoleModelAdmin, ReasonForm, actor_of, confirm_with_reason
+from common.console import ConsoleModelAdmin, ReasonForm, actor_of, confirm_with_reason
 
 from .models import EmergencyPause, OperatorNonce, ReconciliationFlag, ReconciliationReport, SentTransaction
 

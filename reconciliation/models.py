@@ -12,7 +12,7 @@
 """
 from django.db import models
 
-from escrow.fields import Uint256Field
+from common.fields import Uint256Field
 
 
 class ReportStatus(models.TextChoices):

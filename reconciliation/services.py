@@ -48,6 +48,7 @@ from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
+from common.audit import MAX_REASON_LENGTH
 from chain_events import metrics, scanner
 from chain_events.decoding import BOOKING_EVENT_TOPICS
 from chain_events.models import EventSource, Orphan, OrphanStatus
@@ -77,7 +78,6 @@ SYSTEM_ACTOR = "system:reconciliation"
 AUTO_COMPLETE_ACTOR = "system:auto-complete"
 ORPHAN_REFUND_ACTOR = "system:orphan-auto-refund"
 EVENT_SOURCE = EventSource.RECONCILIATION
-MAX_REASON_LENGTH = 500
 MAX_ERROR_DETAILS = 50
 
 # BookingEscrow.Status enum → the chain status names used by chain_events and escrow.chain_effects.

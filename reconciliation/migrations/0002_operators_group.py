@@ -4,7 +4,7 @@ Other staff only read. The group needs no model permissions: the console checks 
 """
 from django.db import migrations
 
-OPERATORS_GROUP = "operators"  # bookme.console.OPERATORS_GROUP (a migration keeps its own copy)
+OPERATORS_GROUP = "operators"  # common.console.OPERATORS_GROUP (a migration keeps its own copy)
 
 
 def create_group(apps, schema_editor):

@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from bookme.console import OPERATORS_GROUP
+from common.console import OPERATORS_GROUP
 from chain_events.fastpath import process_transaction
 from chain_events.models import ChainEvent, EventStatus, Orphan
 from escrow.models import Booking

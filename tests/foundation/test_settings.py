@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from bookme.config import Secret
+from common.config import Secret
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_VALUE = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"

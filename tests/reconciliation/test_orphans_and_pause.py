@@ -212,7 +212,7 @@ def test_commands(chain_settings, make_orphan, make_booking, pay):
 
 
 def _secret(value):
-    from bookme.config import Secret
+    from common.config import Secret
 
     return Secret(value)
 

@@ -3,7 +3,7 @@ from decimal import Decimal
 from django.core import validators
 from django.db import models
 
-from .money import UINT256_MAX
+from .eth import UINT256_MAX
 
 
 class Uint256Field(models.DecimalField):
