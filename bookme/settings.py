@@ -3,7 +3,7 @@
 Files: unless BOOKME_READ_ENV_FILES=0, `$BOOKME_STATE_DIR/chain.env` (default `var/`, written by
 `manage.py localchain`)
 and then `.env` are read; a variable already in the environment always wins, and the first
-file that sets a variable wins over the later one. See README.md for the table.
+file that sets a variable wins over the later one. See docs/configuration.md for the table.
 """
 from datetime import timedelta
 from pathlib import Path
@@ -142,6 +142,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The headers of refusals (WWW-Authenticate, Retry-After), whichever operation answers them.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "escrow.schema.document_refusal_headers",
+    ],
 }
 
 # --- Chain -------------------------------------------------------------------------------
@@ -307,7 +312,7 @@ CELERY_BEAT_SCHEDULE["retry-failed-chain-events"] = {
 # --- end Chain sync (issue 4)
 
 # --- Reconciliation, backend transactions, emergency pause (issue 5) ------------------------
-# Owned by reconciliation. See reconciliation/services.py and reconciliation/transactions.py.
+# Owned by reconciliation. See reconciliation/reconcile.py, operations.py and transactions.py.
 RECONCILE_INTERVAL_SECONDS = cfg.float("RECONCILE_INTERVAL_SECONDS", 180.0, minimum=5.0)
 # Booking ids per getBookings eth_call, and eth_calls per JSON-RPC batch (one HTTP round trip).
 RECONCILE_BATCH_SIZE = cfg.int("RECONCILE_BATCH_SIZE", 500, minimum=1)

@@ -1,5 +1,5 @@
 """The benchmark scripts keep working: each runs end to end at a tiny size (figures at this size
-mean nothing; the README quotes full-size runs). A script exits 1 when a target is missed, so
+mean nothing; docs/results.md quotes full-size runs). A script exits 1 when a target is missed, so
 only a run that printed its figures without a traceback counts."""
 import subprocess
 import sys
