@@ -88,7 +88,7 @@ def make_payments(args, expiry: int) -> list[Payment]:
 def mine_payments(chain: BenchChain, payments: list[Payment], per_block: int) -> tuple[int, int]:
     """Send every payment (batched JSON-RPC, automine off) and mine per_block per block."""
     chain.fund_customers(sorted({p.customer for p in payments}))
-    next_nonce = {c: 2 for c in {p.customer for p in payments}}  # after mint + approve
+    next_nonce = dict.fromkeys({p.customer for p in payments}, 2)  # after mint + approve
     chain.call("evm_setAutomine", [False])
     first_block = chain.block_number() + 1
     last_hashes: list[str] = []

@@ -1,10 +1,13 @@
 """Console pages of the chain sync: events (dead letters first; retry, mark resolved), orphans
-(refund, ignore) and the sync cursor (lag in blocks, time of the last scan).
+and the sync cursor (lag in blocks, time of the last scan).
 
-Read-only for staff; operators act through actions that call chain_events.services and
-reconciliation.services (see bookme/console.py).
+Read-only for staff; operators act through actions that call chain_events.services. The
+operations floor extends the orphan page (reconciliation/admin.py: refund, ignore, the refund
+transactions sent).
 """
 from __future__ import annotations
+
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
 from django.db.models import Case, IntegerField, Value, When
@@ -12,19 +15,18 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from common.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason
+from common.console import ConsoleModelAdmin, actor_of, reason_action
 from common.eth import usdc
 
-from .models import ChainEvent, EventStatus, Orphan, OrphanStatus, SyncCursor
+from .models import ChainEvent, EventStatus, Orphan, SyncCursor
+from .services import request_retry, resolve_event
 
 
 def _booking_link(chain_booking_id: str):
-    from escrow.models import Booking
-
-    booking = Booking.objects.filter(chain_booking_id=chain_booking_id).only("pk", "uuid").first()
-    if booking is None:
-        return format_html("{} <em>(no booking)</em>", chain_booking_id)
-    return format_html("<a href='{}'>{}</a>", reverse("admin:escrow_booking_change", args=[booking.pk]), booking.uuid)
+    """The booking list searched for this chain booking id: the indexer knows booking ids, not
+    bookings (the search shows the booking, or that there is none)."""
+    url = reverse("admin:escrow_booking_changelist") + "?" + urlencode({"q": chain_booking_id})
+    return format_html("<a href='{}'>{}</a>", url, chain_booking_id)
 
 
 class OpenDeadLetterFilter(admin.SimpleListFilter):
@@ -88,8 +90,6 @@ class ChainEventAdmin(ConsoleModelAdmin):
 
     @admin.action(description="Retry the selected events now", permissions=["operate"])
     def retry_events(self, request, queryset):
-        from .services import request_retry
-
         events = list(queryset.filter(status__in=[EventStatus.FAILED, EventStatus.DEAD_LETTER, EventStatus.RETRY]))
         queued = request_retry([e.pk for e in events], actor_of(request))
         for event in events:
@@ -102,35 +102,16 @@ class ChainEventAdmin(ConsoleModelAdmin):
             messages.SUCCESS if queued else messages.WARNING,
         )
 
-    @admin.action(description="Mark resolved (not applied) with a reason…", permissions=["operate"])
-    def mark_resolved(self, request, queryset):
-        from .services import resolve_event
-
-        def perform(event, actor, reason):
-            resolve_event(event, actor, reason)
-            return ""
-
-        return confirm_with_reason(
-            self, request, queryset,
-            title="Mark resolved",
-            warning="The events stay unapplied and are no longer retried: do this only after fixing their "
-                    "bookings another way. A later retry reopens them.",
-            perform=perform,
-            done="Resolved",
-        )
-
-
-def _orphan_transactions_inline():
-    from reconciliation.models import SentTransaction
-
-    class OrphanTransactionInline(ConsoleInline):
-        model = SentTransaction
-        fk_name = "orphan"
-        verbose_name_plural = "refund transactions"
-        fields = ("created_at", "purpose", "status", "tx_hash", "nonce", "actor", "reason", "error")
-        readonly_fields = fields
-
-    return OrphanTransactionInline
+    @reason_action(
+        description="Mark resolved (not applied) with a reason…",
+        title="Mark resolved",
+        warning="The events stay unapplied and are no longer retried: do this only after fixing their "
+                "bookings another way. A later retry reopens them.",
+        done="Resolved",
+    )
+    def mark_resolved(event, actor, reason):
+        resolve_event(event, actor, reason)
+        return ""
 
 
 @admin.register(Orphan)
@@ -139,8 +120,6 @@ class OrphanAdmin(ConsoleModelAdmin):
                     "created_at", "resolved_by")
     list_filter = ("status", "chain_status")
     search_fields = ("=chain_booking_id", "=tx_hash", "=customer_address", "=provider_address")
-    actions = ["refund", "ignore"]
-    inlines = [_orphan_transactions_inline()]
     readonly_fields = ("chain_booking_id", "status", "chain_status", "amount_usdc", "customer_address",
                        "provider_address", "event_name", "event", "block_number", "tx_hash", "chain_id",
                        "contract_address", "resolved_by", "resolved_at", "note", "created_at", "updated_at")
@@ -149,40 +128,6 @@ class OrphanAdmin(ConsoleModelAdmin):
     @admin.display(description="amount", ordering="amount")
     def amount_usdc(self, orphan):
         return usdc(orphan.amount)
-
-    @admin.action(description="Refund the customer (emergencyCancelBooking)…", permissions=["operate"])
-    def refund(self, request, queryset):
-        from reconciliation.services import refund_orphan
-
-        def perform(orphan, actor, reason):
-            record = refund_orphan(orphan, actor=actor, reason=reason)
-            return f"emergencyCancelBooking tx {record.tx_hash} ({record.status})"
-
-        return confirm_with_reason(
-            self, request, queryset.filter(status__in=[OrphanStatus.OPEN, OrphanStatus.IGNORED]),
-            title="Refund orphan",
-            warning="emergencyCancelBooking refunds the full amount to the paying wallet from the operator "
-                    "account. An ignored orphan is reopened first. The orphan shows resolved once the "
-                    "refund's log is processed.",
-            perform=perform,
-            done="Refund sent",
-        )
-
-    @admin.action(description="Ignore (no refund due) with a reason…", permissions=["operate"])
-    def ignore(self, request, queryset):
-        from reconciliation.services import ignore_orphan
-
-        def perform(orphan, actor, reason):
-            ignore_orphan(orphan, actor=actor, reason=reason)
-            return ""
-
-        return confirm_with_reason(
-            self, request, queryset.filter(status=OrphanStatus.OPEN),
-            title="Ignore orphan",
-            warning="The money stays in the escrow and the orphan leaves the attention list.",
-            perform=perform,
-            done="Ignored",
-        )
 
 
 @admin.register(SyncCursor)

@@ -14,7 +14,6 @@ Speed matters (catch-up decodes every log of the contract's history), so:
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -24,7 +23,6 @@ from eth_abi.base import parse_type_str
 from eth_abi.codec import ABICodec
 from eth_abi.registry import BaseEquals
 from eth_abi.registry import registry as default_registry
-from eth_hash.auto import keccak
 
 from contracts.artifacts import EVENT_ABIS, EVENT_TOPICS, abi_type
 
@@ -160,7 +158,7 @@ def decode_log(raw: dict, *, contract_address: str) -> DecodedLog | None:
         tx_hash=raw["transactionHash"].lower(),
         tx_index=int(raw["transactionIndex"], 16),
         log_index=int(raw["logIndex"], 16),
-        args=dict(zip(layout.names, values)),
+        args=dict(zip(layout.names, values, strict=False)),
         _json_template=layout.json_template,
     )
 
@@ -206,7 +204,7 @@ def decode_logs(raws: list[dict], *, contract_address: str) -> list[DecodedLog]:
 
 
 _UINT_ARGS = {
-    layout.name: frozenset(n for n, t in zip(layout.names, layout.types) if t.startswith("uint"))
+    layout.name: frozenset(n for n, t in zip(layout.names, layout.types, strict=False) if t.startswith("uint"))
     for layout in _LAYOUTS.values()
 }
 

@@ -38,11 +38,15 @@ SYNC_LAG = Gauge("bookme_chain_sync_lag_blocks", "Blocks between the node's head
 HEAD_BLOCK = Gauge("bookme_chain_head_block", "Head block number seen by the scanner (this process)")
 CURSOR_BLOCK = Gauge("bookme_chain_cursor_block", "Last fully scanned block (this process)")
 REORGS = Counter("bookme_chain_reorgs_total", "Reorgs detected and rolled back")
-REORG_DEPTH = Histogram("bookme_chain_reorg_depth_blocks", "Depth of rolled back reorgs", buckets=(1, 2, 3, 5, 10, 20, 50, 100, 500))
+REORG_DEPTH = Histogram(
+    "bookme_chain_reorg_depth_blocks", "Depth of rolled back reorgs", buckets=(1, 2, 3, 5, 10, 20, 50, 100, 500)
+)
 DEEP_REORGS = Counter("bookme_chain_deep_reorgs_total", "Reorgs deeper than the unfinalized window (scanner halted)")
 DEAD_LETTERS = Counter("bookme_chain_dead_letters_total", "Events moved to DEAD_LETTER", ["event"])
 ORPHANS = Counter("bookme_chain_orphans_total", "Chain booking ids found that the database does not know")
-RANGE_SHRINKS = Counter("bookme_chain_log_range_shrinks_total", "eth_getLogs ranges shrunk after a refusal or too many results")
+RANGE_SHRINKS = Counter(
+    "bookme_chain_log_range_shrinks_total", "eth_getLogs ranges shrunk after a refusal or too many results"
+)
 UNDECODABLE_LOGS = Counter(
     "bookme_chain_undecodable_logs_total", "Logs with a booking event topic of our contract that do not fit the ABI"
 )
@@ -65,8 +69,12 @@ class SyncStateCollector:
     def collect(self):
         from django.db.models import Count
 
-        lag = GaugeMetricFamily("bookme_chain_cursor_lag_blocks", "Head minus cursor at the last scan", labels=["chain", "contract"])
-        halted = GaugeMetricFamily("bookme_chain_scanner_halted", "1 when a deep reorg halted the scanner", labels=["chain", "contract"])
+        lag = GaugeMetricFamily(
+            "bookme_chain_cursor_lag_blocks", "Head minus cursor at the last scan", labels=["chain", "contract"]
+        )
+        halted = GaugeMetricFamily(
+            "bookme_chain_scanner_halted", "1 when a deep reorg halted the scanner", labels=["chain", "contract"]
+        )
         waiting = GaugeMetricFamily("bookme_chain_events_waiting", "Events not settled, by status", labels=["status"])
         orphans = GaugeMetricFamily("bookme_chain_orphans_open", "Orphans waiting for staff or reconciliation")
         try:
@@ -98,103 +106,3 @@ def register_collector() -> None:
     if not _registered:
         REGISTRY.register(SyncStateCollector())
         _registered = True
-
-
-# -- reconciliation and the operators' console (issue 5) ----------------------------------------
-# Per-process counter: reconciliation.services.reconcile_bookings adds each run's differences
-# (kind: repaired, flagged, errors, expired, cancellations_lapsed).
-RECONCILIATION_MISMATCHES = Counter(
-    "bookme_reconciliation_mismatches_total",
-    "Differences between the database and the chain found by reconciliation, by kind",
-    ["kind"],
-)
-RECONCILIATION_SECONDS = Histogram(
-    "bookme_reconciliation_run_seconds",
-    "Duration of one reconciliation run",
-    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-)
-LAST_REPORT_KINDS = ("repaired", "flagged", "errors", "expired", "cancellations_lapsed")
-
-
-class ConsoleStateCollector:
-    """Database-backed gauges of what the operators' console shows, computed when scraped:
-    open dead letters, open reconciliation flags, the last reconciliation run, stuck bookings,
-    the age of the last scan, and whether the contract is paused (its paused() view, cached)."""
-
-    def describe(self):
-        return [
-            GaugeMetricFamily("bookme_chain_dead_letters_open", ""),
-            GaugeMetricFamily("bookme_chain_last_scan_age_seconds", "", labels=["chain", "contract"]),
-            GaugeMetricFamily("bookme_reconciliation_flags_open", "", labels=["kind"]),
-            GaugeMetricFamily("bookme_reconciliation_last_run_mismatches", "", labels=["kind"]),
-            GaugeMetricFamily("bookme_reconciliation_last_run_timestamp_seconds", ""),
-            GaugeMetricFamily("bookme_reconciliation_last_run_failed", ""),
-            GaugeMetricFamily("bookme_bookings_stuck", ""),
-            GaugeMetricFamily("bookme_contract_paused", ""),
-        ]
-
-    def collect(self):
-        from django.db.models import Count
-        from django.utils import timezone
-
-        dead = GaugeMetricFamily("bookme_chain_dead_letters_open", "Dead-lettered events not resolved by staff")
-        scan_age = GaugeMetricFamily(
-            "bookme_chain_last_scan_age_seconds", "Seconds since the scanner last finished a scan", labels=["chain", "contract"]
-        )
-        flags = GaugeMetricFamily("bookme_reconciliation_flags_open", "Open reconciliation flags, by kind", labels=["kind"])
-        last_run = GaugeMetricFamily(
-            "bookme_reconciliation_last_run_mismatches", "Differences found by the last finished reconciliation run",
-            labels=["kind"],
-        )
-        last_run_at = GaugeMetricFamily(
-            "bookme_reconciliation_last_run_timestamp_seconds", "Unix time the last reconciliation run finished"
-        )
-        last_run_failed = GaugeMetricFamily("bookme_reconciliation_last_run_failed", "1 when the last run stopped on an error")
-        stuck = GaugeMetricFamily("bookme_bookings_stuck", "Bookings stuck over an hour (bookme.console.stuck_bookings)")
-        paused = GaugeMetricFamily(
-            "bookme_contract_paused", "1 while the escrow contract's paused() is true (absent when it cannot be read)"
-        )
-        try:
-            from bookme.console import stuck_bookings
-            from reconciliation.models import ReconciliationFlag, ReconciliationReport
-
-            from .models import ChainEvent, EventStatus, SyncCursor
-
-            now = timezone.now()
-            dead.add_metric([], ChainEvent.objects.filter(status=EventStatus.DEAD_LETTER, resolved_at__isnull=True).count())
-            for cursor in SyncCursor.objects.all():
-                if cursor.last_scan_at is not None:
-                    scan_age.add_metric(
-                        [str(cursor.chain_id), cursor.contract_address], (now - cursor.last_scan_at).total_seconds()
-                    )
-            for row in ReconciliationFlag.objects.filter(resolved_at__isnull=True).values("kind").annotate(n=Count("id")):
-                flags.add_metric([row["kind"]], row["n"])
-            report = ReconciliationReport.objects.filter(finished_at__isnull=False).order_by("-finished_at").first()
-            if report is not None:
-                for kind in LAST_REPORT_KINDS:
-                    last_run.add_metric([kind], getattr(report, kind))
-                last_run_at.add_metric([], report.finished_at.timestamp())
-                last_run_failed.add_metric([], 1 if report.status == "FAILED" else 0)
-            stuck.add_metric([], stuck_bookings(now=now).count())
-            from reconciliation.services import contract_paused
-
-            from .rpc import RpcError
-
-            try:
-                paused.add_metric([], 1 if contract_paused() else 0)  # cached CONTRACT_PAUSED_CACHE_SECONDS
-            except RpcError as exc:
-                log.warning("bookme_contract_paused not exported: %s", exc)
-        except Exception as exc:  # a scrape must never fail because the database is away
-            log.warning("console metrics unavailable: %s", exc)
-            return []
-        return [dead, scan_age, flags, last_run, last_run_at, last_run_failed, stuck, paused]
-
-
-_console_registered = False
-
-
-def register_console_collector() -> None:
-    global _console_registered
-    if not _console_registered:
-        REGISTRY.register(ConsoleStateCollector())
-        _console_registered = True

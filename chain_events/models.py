@@ -97,7 +97,7 @@ class SyncCursor(models.Model):
     finalized_block = models.BigIntegerField(null=True, blank=True, help_text="final at the last scan")
     range_size = models.PositiveIntegerField(default=1000, help_text="adaptive eth_getLogs range, in blocks")
     # A reorg deeper than the unfinalized window stops the scanner until staff look at it
-    # (chain_events.scanner.rewind_cursor or `manage.py scan_chain --rewind-to N`).
+    # (chain_events.cursor.rewind_cursor or `manage.py scan_chain --rewind-to N`).
     halted = models.BooleanField(default=False)
     halt_reason = models.TextField(blank=True, default="")
     halted_at = models.DateTimeField(null=True, blank=True)
@@ -113,12 +113,12 @@ class SyncCursor(models.Model):
             models.UniqueConstraint(fields=["chain_id", "contract_address"], name="sync_cursor_unique_contract"),
         ]
 
+    def __str__(self):
+        return f"chain {self.chain_id} {self.contract_address[:10]}… at block {self.last_block}"
+
     @property
     def lag_blocks(self) -> int | None:
         return None if self.head_block is None else max(0, self.head_block - self.last_block)
-
-    def __str__(self):
-        return f"chain {self.chain_id} {self.contract_address[:10]}… at block {self.last_block}"
 
 
 class BlockHash(models.Model):
@@ -147,11 +147,11 @@ class Orphan(models.Model):
     """A booking id seen on chain that the database does not know (money with no booking).
 
     Evidence comes from its first event (normally the payment). `chain_status` is derived
-    from its events like a booking's (NONE/PAID/COMPLETED/CANCELLED) and kept current by
-    the handlers; `status` is the staff/reconciliation workflow. The handlers only ever set
-    it to RESOLVED when the chain shows the money left the escrow (cancelled/refunded or
-    completed), recording resolved_by="chain", and reopen such a resolution if a reorg
-    removes that event.
+    from its events like a booking's (escrow.chain_state.ChainStatus) and kept current by the
+    events' consumer (escrow.chain_consumer); `status` is the staff/reconciliation workflow.
+    The consumer only ever sets it to RESOLVED when the chain shows the money left the escrow
+    (cancelled/refunded or completed), recording resolved_by="chain", and reopens such a
+    resolution if a reorg removes that event.
     """
 
     chain_id = models.PositiveBigIntegerField()

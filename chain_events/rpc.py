@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -146,7 +146,7 @@ class RpcClient:
         bases = [redact_url(url) for url in urls]
         self.endpoints = [
             EndpointHealth(url=url, label=base if i == bases.index(base) else f"{base} #{bases[:i].count(base) + 1}")
-            for i, (url, base) in enumerate(zip(urls, bases))
+            for i, (url, base) in enumerate(zip(urls, bases, strict=False))
         ]
         self.timeout = timeout
         self.retries = retries
@@ -271,7 +271,7 @@ class RpcClient:
 
     def _post(self, endpoint: EndpointHealth, calls: list[tuple[str, list]], max_answer_bytes: int | None = None) -> list:
         ids = [next(self._ids) for _ in calls]
-        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls)]
+        payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls, strict=False)]
         body = payload[0] if len(payload) == 1 else payload
         with endpoint.lock:
             endpoint.total_calls += 1
@@ -304,7 +304,7 @@ class RpcClient:
             if isinstance(item, dict) and "id" in item:
                 by_id[item["id"]] = item
         results = []
-        for request_id, (method, _params) in zip(ids, calls):
+        for request_id, (method, _params) in zip(ids, calls, strict=False):
             item = by_id.get(request_id)
             if item is None:
                 raise RpcTransportError(f"no answer for {method}", endpoint=endpoint.label)
@@ -350,6 +350,14 @@ def _should_fail_over(error: RpcResponseError) -> bool:
     return error.code in _FAILOVER_CODES and any(m in message for m in _FAILOVER_MESSAGES) or any(
         m in message for m in _FAILOVER_MESSAGES[:2]
     )
+
+
+def avoid_endpoint_of(client: RpcClient, exc: Exception) -> None:
+    """An answer `batch` accepted that the database then showed wrong (logs an incomplete
+    eth_getLogs left out, see chain_events.ingest): its endpoint cools down, so the next pass
+    asks the others instead of being refused by the same node beat after beat."""
+    if isinstance(exc, RpcInconsistentAnswer) and exc.endpoint:
+        client.report_inconsistent(exc.endpoint, exc)
 
 
 _client_lock = threading.Lock()
@@ -463,7 +471,7 @@ def get_headers(client: RpcClient, numbers: list[int]) -> dict[int, BlockHeader]
 
     def validate(results):
         parsed.clear()
-        for number, raw in zip(numbers, results):
+        for number, raw in zip(numbers, results, strict=False):
             if raw is None:
                 raise RpcInconsistentAnswer(f"node has no block {number}")
             header = parse_header(raw)

@@ -5,7 +5,7 @@
         Close a dead letter by hand (staff fixed the booking another way). It stays
         DEAD_LETTER (it was never applied) with resolved_by/resolution_note/resolved_at set;
         "open" dead letters are status DEAD_LETTER and resolved_at IS NULL.
-    replay_range(from_block, to_block=None, actor=...) -> ReplayReport   (see chain_events.scanner)
+    replay_range(from_block, to_block=None, actor=...) -> ReplayReport   (see chain_events.replay)
     open_dead_letters() -> QuerySet
 """
 from __future__ import annotations
@@ -16,8 +16,9 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from . import scanner
+from . import replay
 from .models import ChainEvent, EventStatus
+from .reports import ReplayReport
 
 log = logging.getLogger(__name__)
 
@@ -74,5 +75,5 @@ def open_dead_letters() -> QuerySet:
     return ChainEvent.objects.filter(status=EventStatus.DEAD_LETTER, resolved_at__isnull=True)
 
 
-def replay_range(from_block: int, to_block: int | None = None, *, actor: str = "replay") -> scanner.ReplayReport:
-    return scanner.replay_range(from_block, to_block, actor=actor)
+def replay_range(from_block: int, to_block: int | None = None, *, actor: str = "replay") -> ReplayReport:
+    return replay.replay_range(from_block, to_block, actor=actor)

@@ -74,17 +74,17 @@ def insert_events(
     """
     processed_at = now if status == _S.PROCESSED else None
     columns = [
-        [l.block_number for l in logs],
-        [l.block_hash for l in logs],
-        [l.tx_hash for l in logs],
-        [l.tx_index for l in logs],
-        [l.log_index for l in logs],
+        [ev.block_number for ev in logs],
+        [ev.block_hash for ev in logs],
+        [ev.tx_hash for ev in logs],
+        [ev.tx_index for ev in logs],
+        [ev.log_index for ev in logs],
     ]
     out: dict[str, list[int]] = {}
     with server_binding_cursor() as cursor:
         cursor.execute(insert_sql, [
             chain_id, contract, status, source, processed_at, now, now, *columns,
-            [l.event_name for l in logs], [l.args_json() for l in logs], [l.chain_booking_id for l in logs],
+            [ev.event_name for ev in logs], [ev.args_json() for ev in logs], [ev.chain_booking_id for ev in logs],
         ])
         inserted = cursor.fetchall()
         if len(inserted) < len(logs):
@@ -117,15 +117,15 @@ def _copy_new_events(chain_id: int, contract: str, logs: list[DecodedLog], *, so
         )
         ids = [row[0] for row in cursor.fetchall()]
         with cursor.copy(f"COPY {TABLE} ({', '.join(_COPY_COLUMNS)}) FROM STDIN") as copy:
-            for row_id, l in zip(ids, logs):
+            for row_id, ev in zip(ids, logs, strict=True):
                 copy.write_row((
-                    row_id, chain_id, contract, l.block_number, l.block_hash, l.tx_hash, l.tx_index, l.log_index,
-                    l.event_name, l.args_json(), l.chain_booking_id, status, source, 0, None, "", processed_at,
+                    row_id, chain_id, contract, ev.block_number, ev.block_hash, ev.tx_hash, ev.tx_index, ev.log_index,
+                    ev.event_name, ev.args_json(), ev.chain_booking_id, status, source, 0, None, "", processed_at,
                     now, now,
                 ))
     out: dict[str, list[int]] = {}
-    for row_id, l in zip(ids, logs):
-        out.setdefault(l.chain_booking_id, []).append(row_id)
+    for row_id, ev in zip(ids, logs, strict=True):
+        out.setdefault(ev.chain_booking_id, []).append(row_id)
     return out
 
 
@@ -287,7 +287,7 @@ def stale_events(
     canonical logs of that range lack.
 
     They were stored ahead of the scanner (fast path, replay) from a block that has since
-    left the chain, or the answer that gave `logs` is incomplete (see scanner._ingest). With
+    left the chain, or the answer that gave `logs` is incomplete (see chain_events.ingest). With
     `now`, rows that `insert_events(..., now=now)` just wrote (updated_at = now, canonical by
     construction) are left out, so only rows stored earlier are read (none during a plain
     catch-up) and compared with the logs here.

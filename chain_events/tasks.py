@@ -1,4 +1,4 @@
-"""Celery entry points of the chain sync: thin callers of chain_events.scanner.
+"""Celery entry points of the chain sync: thin callers of chain_events.scanner and chain_events.ingest.
 
 Both are safe under duplicate delivery (acks_late may deliver a task twice): the scan holds a
 single-flight advisory lock and stores each log once; the retry claims rows SKIP LOCKED.
@@ -11,7 +11,7 @@ import logging
 from celery import shared_task
 from django.conf import settings
 
-from . import scanner
+from . import ingest, scanner
 from .rpc import RpcError
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,6 @@ def scan_chain() -> dict:
 
 @shared_task(name="chain_events.retry_failed_events", acks_late=True, ignore_result=True)
 def retry_failed_events() -> dict:
-    report = scanner.retry_failed_events()
+    report = ingest.retry_failed_events()
     return {"attempted": report.attempted, "processed": report.processed, "failed": report.failed,
             "dead_letters": report.dead_letters}

@@ -12,6 +12,7 @@ Errors still surface as django.db errors.
 """
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 
 import psycopg
@@ -21,6 +22,15 @@ from django.db import connection
 @contextmanager
 def server_binding_cursor():
     connection.ensure_connection()
-    with connection.wrap_database_errors:
-        with psycopg.Cursor(connection.connection) as cursor:
-            yield cursor
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
+
+def json_value(value) -> dict:
+    """A jsonb column as psycopg hands it back on a raw cursor: text (Django has psycopg return
+    jsonb as text, which its JSONField parses), parsed here."""
+    if value == "{}":
+        return {}  # a booking the chain sync never touched: most of a catch-up
+    if isinstance(value, str):
+        return json.loads(value)
+    return value or {}

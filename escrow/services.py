@@ -22,6 +22,7 @@ from .addresses import normalize_address
 from .authentication import is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
 from .errors import BookingConflict, InvalidInput, NotPermitted
+from .fastpath import process_transaction
 from .models import Booking, BookingStatus, SignatureKind, SignatureNonce, StatusSource
 from .money import AmountError, check_fee_rates, parse_amount
 from .signing import SignedAuthorization, sign_cancellation_authorization, sign_payment_authorization
@@ -241,18 +242,16 @@ def normalize_tx_hash(tx_hash) -> str:
 def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> TransactionSubmission:
     """A client reports the transaction it sent for `booking`, so we need not wait for the scanner.
 
-      1. fetches the receipt at once (chain_events.fastpath); not mined yet → status "pending";
+      1. fetches the receipt at once (escrow.fastpath); not mined yet → status "pending";
       2. refuses (InvalidInput on tx_hash) a transaction that neither called the escrow
          contract nor emitted an escrow log; a reverted call → status "reverted", nothing recorded;
       3. refuses a mined transaction with no escrow event for this booking's id;
-      4. stores the receipt's escrow events and applies them with the chain handlers, the same
-         path as the scanner (idempotent with it), and answers with the booking's status after.
+      4. stores the receipt's escrow events and applies them through the chain indexer's ingest,
+         the same path as the scanner (idempotent with it), and answers with the booking's status after.
 
     Mined but not yet CHAIN_CONFIRMATIONS deep → "pending" (the scanner applies it later).
     RPC failures propagate as chain_events.rpc.RpcError (the API answers 503).
     """
-    from chain_events.fastpath import process_transaction
-
     tx_hash = normalize_tx_hash(tx_hash)
     outcome = process_transaction(tx_hash, actor=actor or "")
     if not outcome.mined:
@@ -278,14 +277,6 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
 
 
 # -- housekeeping (for chain sync, reconciliation and beat) -------------------------------
-def mark_nonce_consumed(nonce: int, *, tx_hash: str, consumed_at: datetime) -> bool:
-    """Record that the chain used `nonce` (an authorization was executed). Idempotent; False if unknown."""
-    updated = SignatureNonce.objects.filter(nonce=nonce, consumed_at__isnull=True).update(
-        consumed_at=consumed_at, consumed_tx_hash=tx_hash.lower()
-    )
-    return bool(updated) or SignatureNonce.objects.filter(nonce=nonce).exists()
-
-
 def expire_unused_authorizations(*, now: datetime | None = None) -> dict[str, int]:
     """Put bookings whose signed authorizations all ran out back where they belong.
 

@@ -10,6 +10,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from chain_events import scanner
+from chain_events.reports import ScanReport
 from escrow import services
 from escrow.models import Booking
 
@@ -27,7 +28,9 @@ class Flow:
     def customer(self, index: int = 0) -> str:
         return self.chain.accounts.customers[index].address
 
-    def booking(self, *, customer: int = 0, amount: int = 100 * 10**6, provider: str = "provider", inviter=None) -> Booking:
+    def booking(
+        self, *, customer: int = 0, amount: int = 100 * 10**6, provider: str = "provider", inviter=None
+    ) -> Booking:
         return services.create_booking(
             customer=self.customer(customer),
             provider=provider_address(provider),
@@ -60,7 +63,7 @@ def flow(chain_settings, db):
     return Flow(chain_settings)
 
 
-def scan(**kwargs) -> scanner.ScanReport:
+def scan(**kwargs) -> ScanReport:
     report = scanner.scan_chain(max_seconds=60, **kwargs)
     assert not report.skipped
     return report

@@ -72,7 +72,7 @@ class CeleryProcesses:
             "beat": [CELERY, "-A", "bookme", "beat", "--loglevel=INFO"],
         }
         for name, command in commands.items():
-            log = open(self.log_dir / f"{name}.log", "wb")
+            log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process writes to it until it is stopped)
             self.procs[name] = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

@@ -1,4 +1,4 @@
-"""Ranges applied in two transactions at once (chain_events.scanner._ApplyLanes).
+"""Ranges applied in two transactions at once (chain_events.lanes.ApplyLanes).
 
 These tests commit for real (transactional_db): the apply lanes are threads with their own
 database connections, which only see committed rows. One-block ranges make every payment,
@@ -11,7 +11,7 @@ import threading
 import pytest
 from django.db import DatabaseError, connection
 
-from chain_events import scanner
+from chain_events import lanes
 from chain_events.models import ChainEvent, EventStatus, SyncCursor
 from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
 
@@ -31,13 +31,13 @@ def lanes_flow(chain_settings, transactional_db, settings):
 def lane_threads(monkeypatch):
     """(thread name, first block) of every range applied."""
     seen: list[tuple[str, int]] = []
-    apply_range = scanner._apply_range
+    apply_range = lanes._apply_range
 
-    def recording(target, cursor_pk, fetched, *args, **kwargs):
+    def recording(contract, cursor_pk, fetched, *args, **kwargs):
         seen.append((threading.current_thread().name, fetched.from_block))
-        return apply_range(target, cursor_pk, fetched, *args, **kwargs)
+        return apply_range(contract, cursor_pk, fetched, *args, **kwargs)
 
-    monkeypatch.setattr(scanner, "_apply_range", recording)
+    monkeypatch.setattr(lanes, "_apply_range", recording)
     return seen
 
 
@@ -131,17 +131,17 @@ def test_a_cursor_moved_by_staff_mid_scan_makes_the_range_roll_back(lanes_flow, 
     and the scan goes on from where the cursor now is."""
     flow = lanes_flow
     bookings = [flow.paid_booking(customer=i)[0] for i in range(3)]
-    apply_range = scanner._apply_range
+    apply_range = lanes._apply_range
     rewound = []
 
-    def rewinding(target, cursor_pk, fetched, *args, **kwargs):
+    def rewinding(contract, cursor_pk, fetched, *args, **kwargs):
         if not rewound and fetched.logs:
             rewound.append(fetched.from_block)
             # What rewind_cursor does, committed from another connection before this range's update.
             SyncCursor.objects.filter(pk=cursor_pk).update(last_block=fetched.from_block - 2)
-        return apply_range(target, cursor_pk, fetched, *args, **kwargs)
+        return apply_range(contract, cursor_pk, fetched, *args, **kwargs)
 
-    monkeypatch.setattr(scanner, "_apply_range", rewinding)
+    monkeypatch.setattr(lanes, "_apply_range", rewinding)
     scan()
     assert rewound
     assert set(Booking.objects.filter(pk__in=[b.pk for b in bookings]).values_list("status", flat=True)) == {

@@ -2,20 +2,25 @@
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from contextlib import contextmanager
 from datetime import timedelta
 
+import psycopg
 import pytest
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, connections
+from eth_utils import keccak
 
-from chain_events import scanner, services
+from chain_events import ingest, scanner, services
+from chain_events.cursor import indexed_contract, rewind_cursor, scan_lock
 from chain_events.models import BlockHash, ChainEvent, EventStatus, SyncCursor
 from chain_events.rpc import RpcError, get_rpc_client
+from escrow.fastpath import process_transaction
 from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
+from tests.rpc_proxy import RpcProxy
 
 from .conftest import scan
-from tests.rpc_proxy import RpcProxy
 
 pytestmark = [pytest.mark.chain, pytest.mark.django_db]
 
@@ -102,9 +107,9 @@ def test_reorg_deeper_than_the_window_halts_the_scanner(flow, settings):
     assert cursor.halted and "below the unfinalized window" in cursor.halt_reason
     assert scan().halted  # stays halted until staff rewind
     with pytest.raises(ValueError, match="moves back only"):  # would skip blocks for good
-        scanner.rewind_cursor(SyncCursor.objects.get().last_block + 5, reason="typo")
+        rewind_cursor(SyncCursor.objects.get().last_block + 5, reason="typo")
     assert SyncCursor.objects.get().halted
-    scanner.rewind_cursor(chain.start_block, reason="checked the explorer")
+    rewind_cursor(chain.start_block, reason="checked the explorer")
     report = scan()
     assert not report.halted and report.removed == 1  # the rescan finds the payment gone
     booking.refresh_from_db()
@@ -216,8 +221,6 @@ def test_an_answer_lacking_a_fast_path_log_of_a_block_still_on_chain_removes_not
     would take the payment away from the booking. The range is refused and scanned again.
     A block already final when the scanner reaches it (the scanner was down a while) has no
     header in the window: its hash is fetched to tell."""
-    from chain_events.fastpath import process_transaction
-
     scan()
     cursor_before = SyncCursor.objects.get().last_block
     booking, receipt = flow.paid_booking()
@@ -244,8 +247,6 @@ def test_an_endpoint_that_answered_without_a_stored_log_is_avoided_by_the_next_p
     """The node that left the log out (a primary stuck behind on its log index) cools down like
     one that answered garbage: the next pass asks the fallback instead of being refused by the
     same node beat after beat."""
-    from chain_events.fastpath import process_transaction
-
     scan()
     booking, receipt = flow.paid_booking()
     process_transaction(receipt["transactionHash"].to_0x_hex())
@@ -265,8 +266,6 @@ def test_an_endpoint_that_answered_without_a_stored_log_is_avoided_by_the_next_p
 def test_replay_removes_a_row_only_when_its_block_left_the_chain(flow, settings):
     """Replay runs over old blocks too, outside the window of held hashes: an answer that lacks
     a stored log is checked against the block's canonical hash before anything is removed."""
-    from chain_events.fastpath import process_transaction
-
     chain = flow.chain
     scan()
     booking, receipt = flow.paid_booking()
@@ -410,8 +409,8 @@ def test_failing_handler_backs_off_then_dead_letters_without_blocking_others(flo
 
     for attempt in range(2, 6):
         due = event.next_retry_at
-        assert scanner.retry_failed_events(now=due - timedelta(seconds=1)).attempted == 0  # not due yet
-        result = scanner.retry_failed_events(now=due)
+        assert ingest.retry_failed_events(now=due - timedelta(seconds=1)).attempted == 0  # not due yet
+        result = ingest.retry_failed_events(now=due)
         assert result.attempted == 1
         event.refresh_from_db()
         assert event.retry_count == attempt
@@ -427,12 +426,12 @@ def test_failing_handler_backs_off_then_dead_letters_without_blocking_others(flo
     # Staff fix the cause and retry from the admin: applied once.
     _repair_booking_updates()
     assert services.request_retry([event.pk], actor="staff@example.com") == 1
-    assert scanner.retry_failed_events().processed == 1
+    assert ingest.retry_failed_events().processed == 1
     event.refresh_from_db()
     bad.refresh_from_db()
     assert event.status == EventStatus.PROCESSED
     assert bad.status == BookingStatus.PAID and statuses(bad) == [BookingStatus.PAID]
-    assert scanner.retry_failed_events().attempted == 0
+    assert ingest.retry_failed_events().attempted == 0
 
 
 def test_dead_letter_resolved_by_staff_needs_a_reason(flow, settings):
@@ -469,10 +468,6 @@ def _another_writer_holding(booking, event, hold_seconds: float):
     """Another writer (a retry, the fast path) in its lock order: the booking first, then,
     after `hold_seconds`, one of its event rows. The body runs once the booking is held;
     yields the errors the other writer met (a deadlock aborts one side)."""
-    import threading
-
-    import psycopg
-
     db = connection.settings_dict
     other = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"])
     locked, errors = threading.Event(), []
@@ -512,7 +507,7 @@ def test_retrying_a_failed_event_while_the_scanner_applies_its_booking_does_not_
     event = ChainEvent.objects.get(chain_booking_id=bad.chain_booking_id)
     assert event.status == EventStatus.FAILED
     with _another_writer_holding(bad, event, hold_seconds=0.5) as errors:
-        report = scanner.retry_failed_events(now=event.next_retry_at)
+        report = ingest.retry_failed_events(now=event.next_retry_at)
     assert errors == []
     assert (report.attempted, report.processed) == (1, 1)
     bad.refresh_from_db()
@@ -530,8 +525,6 @@ def test_removing_rows_of_a_dropped_block_while_another_writer_holds_the_booking
     mark event rows REMOVED and then re-derive their bookings. Every other writer takes the
     booking first and its event rows after: the removal must lock in that order too, or the
     two wait on each other and PostgreSQL aborts one of them."""
-    from chain_events.fastpath import process_transaction
-
     chain = flow.chain
     if stored_by == "fast path":
         scan()
@@ -558,8 +551,6 @@ def test_storing_a_log_again_while_another_writer_holds_the_booking_does_not_dea
     """Replay, reconciliation and the fast path meet rows stored already, and the upsert that
     stores a log locks its existing row. Those callers lock the bookings first, the order every
     other writer (a retry, the scanner applying) takes, or the two wait on each other."""
-    from chain_events.fastpath import process_transaction
-
     booking, receipt = flow.paid_booking()
     scan()
     event = ChainEvent.objects.get(chain_booking_id=booking.chain_booking_id)
@@ -580,8 +571,6 @@ def test_the_scanner_meeting_a_fast_path_row_while_another_writer_holds_the_book
     the range must not lock those rows (before the booking, which a new event of the same
     booking in the range makes the scanner lock): a writer holding the booking and writing
     that row would wait on the scanner while the scanner waits on it."""
-    from chain_events.fastpath import process_transaction
-
     scan()
     booking, receipt = flow.paid_booking()
     process_transaction(receipt["transactionHash"].to_0x_hex())
@@ -596,39 +585,41 @@ def test_the_scanner_meeting_a_fast_path_row_while_another_writer_holds_the_book
     assert PlatformFee.objects.filter(booking=booking).count() == 1
 
 
+def _scan_lock_key(contract) -> int:
+    """The advisory lock key scans have always taken (a worker still running the code before a
+    deploy and one running the code after must exclude each other)."""
+    digest = keccak(text=f"bookme-scan:{contract.chain_id}:{contract.contract}")
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
 def test_a_second_scan_while_one_runs_is_skipped(flow):
-    target = scanner._target()
-    with scanner.scan_lock(target) as held:
+    contract = indexed_contract()
+    with scan_lock(contract) as held:
         assert held
         # A second worker (its own database session) finds the lock taken.
-        from django.db import connections
-
         other = connections.create_connection("default")
         try:
             with other.cursor() as c:
-                c.execute("SELECT pg_try_advisory_lock(%s)", [target.lock_key])
+                c.execute("SELECT pg_try_advisory_lock(%s)", [_scan_lock_key(contract)])
                 assert c.fetchone()[0] is False
         finally:
             other.close()
+        assert scanner.scan_chain().skipped
 
 
 def test_a_scan_waiting_for_the_lock_takes_over_when_the_holder_ends(flow):
     """The beat's next scan waits for the following one instead of leaving a gap until the beat after."""
-    import threading
-
-    import psycopg
-
-    target = scanner._target()
+    key = _scan_lock_key(indexed_contract())
     db = connection.settings_dict
     # A plain psycopg session: another worker holding the lock, released from another thread.
     holder = psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], dbname=db["NAME"], autocommit=True)
-    holder.execute("SELECT pg_advisory_lock(%s)", [target.lock_key])
+    holder.execute("SELECT pg_advisory_lock(%s)", [key])
     try:
         assert scanner.scan_chain(lock_wait_seconds=0.3).skipped  # gives up after its wait
 
         def release_soon():
             time.sleep(0.6)
-            holder.execute("SELECT pg_advisory_unlock(%s)", [target.lock_key])
+            holder.execute("SELECT pg_advisory_unlock(%s)", [key])
 
         releaser = threading.Thread(target=release_soon)
         releaser.start()
@@ -677,8 +668,6 @@ def test_a_removed_fast_path_payment_whose_rebuild_fails_is_not_lost(flow):
     """The fast path applied a payment ahead of the cursor; its block then left the chain. The
     range that finds the row stale has no new row to mark FAILED for that booking: a failed
     rebuild rolls the range back (the next pass tries again) instead of leaving it PAID."""
-    from chain_events.fastpath import process_transaction
-
     chain = flow.chain
     scan()
     cursor_before = SyncCursor.objects.get().last_block

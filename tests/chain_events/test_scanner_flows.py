@@ -5,9 +5,19 @@ from __future__ import annotations
 import pytest
 from django.core.management import call_command
 
-from chain_events import scanner
+from chain_events import ingest
+from chain_events.cursor import rewind_cursor
 from chain_events.models import ChainEvent, EventStatus, Orphan, SyncCursor
-from escrow.models import Booking, BookingStatus, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
+from escrow.chain_consumer import BookingConsumer
+from escrow.models import (
+    Booking,
+    BookingStatus,
+    BookingStatusChange,
+    PlatformFee,
+    ProviderEarnings,
+    SignatureNonce,
+    StatusSource,
+)
 from escrow.signing import sign_payment_authorization
 
 from .conftest import scan
@@ -93,7 +103,7 @@ def test_same_range_scanned_twice_applies_once(flow):
     flow.complete(bookings[0])
     scan()
     # Rewind and rescan the same blocks, then replay them too: nothing changes.
-    scanner.rewind_cursor(flow.chain.start_block, reason="test")
+    rewind_cursor(flow.chain.start_block, reason="test")
     second = scan()
     assert second.logs == 5 and second.inserted == 0 and second.bookings == 0
     call_command("replay_events", "--from-block", str(flow.chain.start_block))
@@ -115,7 +125,9 @@ def test_payment_mismatch_is_flagged_not_hidden(flow):
     booking.refresh_from_db()
     assert booking.status == BookingStatus.PAID
     assert booking.needs_attention
-    assert "amount chain=100000000 db=99000000" in booking.attention_reason
+    (item,) = booking.attention_items.all()
+    assert item.kind == "CHAIN_MISMATCH" and item.is_open
+    assert "amount chain=100000000 db=99000000" in item.reason
 
 
 def test_a_payment_mismatch_acknowledged_by_staff_goes_back_to_auto_complete_and_is_not_raised_again(flow):
@@ -125,7 +137,7 @@ def test_a_payment_mismatch_acknowledged_by_staff_goes_back_to_auto_complete_and
 
     from django.utils import timezone
 
-    from reconciliation.services import acknowledge_attention, auto_complete_candidates
+    from reconciliation.operations import acknowledge_attention, auto_complete_candidates
 
     booking = flow.booking(amount=100 * 10**6)
     auth = sign_payment_authorization(booking)
@@ -140,7 +152,8 @@ def test_a_payment_mismatch_acknowledged_by_staff_goes_back_to_auto_complete_and
     # The chain sync applying the same payment again (replay) does not raise it again.
     call_command("replay_events", "--from-block", str(flow.chain.start_block))
     booking.refresh_from_db()
-    assert not booking.needs_attention and len(booking.attention_reason.splitlines()) == 1
+    (item,) = booking.attention_items.all()
+    assert not booking.needs_attention and not item.is_open and item.acknowledged_by == "staff:alice"
 
 
 def test_unknown_booking_id_becomes_an_orphan(flow):
@@ -172,12 +185,13 @@ def test_apply_logs_records_reconciliation_as_source(flow):
         "fromBlock": hex(receipt["blockNumber"]), "toBlock": hex(receipt["blockNumber"]),
         "address": flow.chain.escrow, "topics": [None, booking.chain_booking_id],
     }])
-    outcome = scanner.apply_logs(raw, actor="reconciliation run 7")
+    reconciliation = BookingConsumer(status_source=StatusSource.RECONCILIATION)
+    outcome = ingest.apply_logs(raw, consumer=reconciliation, actor="reconciliation run 7")
     assert outcome.inserted == 1 and outcome.bookings == 1
     change = booking.status_changes.get(to_status=BookingStatus.PAID)
     assert (change.source, change.actor) == ("reconciliation", "reconciliation run 7")
     assert ChainEvent.objects.get().source == "reconciliation"
-    again = scanner.apply_logs(raw, actor="reconciliation run 8")
+    again = ingest.apply_logs(raw, consumer=reconciliation, actor="reconciliation run 8")
     assert again.inserted == 0
     assert booking.status_changes.filter(to_status=BookingStatus.PAID).count() == 1
     scan()  # the scanner meeting the same log later changes nothing

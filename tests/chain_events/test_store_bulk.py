@@ -12,10 +12,10 @@ from eth_abi.exceptions import DecodingError
 
 from chain_events import store
 from chain_events.decoding import (
-    BOOKING_CREATED_AND_PAID,
-    LogDecodeError,
-    SERVICE_COMPLETED,
     _LAYOUTS,
+    BOOKING_CREATED_AND_PAID,
+    SERVICE_COMPLETED,
+    LogDecodeError,
     decode_log,
     decode_logs,
 )

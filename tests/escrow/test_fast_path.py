@@ -1,7 +1,7 @@
 """The receipt fast path (`POST /api/bookings/{id}/submit-transaction/`) on a real anvil.
 
-A reported transaction is applied at once through the scanner's own store + handlers, so the
-scanner meeting the same logs later (or earlier) changes nothing.
+A reported transaction is applied at once through the scanner's own ingest, so the scanner
+meeting the same logs later (or earlier) changes nothing.
 """
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from django.utils import timezone
 
 from chain_events import scanner
+from chain_events.cursor import held_block_hash
 from chain_events.models import ChainEvent, Orphan, SyncCursor
 from contracts.artifacts import EVENT_TOPICS
-from escrow.models import Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
+from escrow import fastpath
+from escrow.models import AttentionItem, Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
 from escrow.services import create_booking
 from escrow.signing import sign_payment_authorization
 from tests.chain_harness import booking_auth_tuple
@@ -75,11 +77,13 @@ def effects() -> dict:
         "bookings": list(
             Booking.objects.order_by("id").values_list(
                 "id", "status", "payment_tx_hash", "completion_tx_hash", "cancellation_tx_hash",
-                "chain_confirmed_at", "chain_data", "needs_attention", "attention_reason",
+                "chain_confirmed_at", "chain_data", "needs_attention",
             )
         ),
+        "attention": list(AttentionItem.objects.order_by("id").values_list("id", "booking_id", "kind", "reason")),
         "changes": list(
-            BookingStatusChange.objects.order_by("id").values_list("id", "from_status", "to_status", "source", "tx_hash")
+            BookingStatusChange.objects.order_by("id")
+            .values_list("id", "from_status", "to_status", "source", "tx_hash")
         ),
         "fees": list(
             PlatformFee.objects.order_by("id").values_list(
@@ -87,7 +91,8 @@ def effects() -> dict:
             )
         ),
         "earnings": list(
-            ProviderEarnings.objects.order_by("id").values_list("provider_address", "total_earned", "services_completed")
+            ProviderEarnings.objects.order_by("id")
+            .values_list("provider_address", "total_earned", "services_completed")
         ),
         "events": list(
             ChainEvent.objects.order_by("id").values_list(
@@ -149,7 +154,9 @@ def test_submit_after_paying_is_paid_at_once_and_the_scanner_then_changes_nothin
     assert chain_history(booking) == [("PENDING_PAYMENT", "PAID", tx_hash), ("PAID", "COMPLETED", complete_tx)]
 
 
-def test_scanner_first_then_submit_changes_nothing_and_answers_the_status(chain_settings, make_booking, customer, client):
+def test_scanner_first_then_submit_changes_nothing_and_answers_the_status(
+    chain_settings, make_booking, customer, client
+):
     chain = chain_settings
     booking = make_booking()
     tx_hash = pay(chain, booking, customer)
@@ -230,7 +237,9 @@ def test_a_reverted_payment_is_reported_and_nothing_is_stored(chain_settings, ma
     booking = make_booking()
     auth = sign_payment_authorization(booking)
     forged = "0x" + "11" * 65  # not the backend signer's signature: the contract reverts
-    tx = chain.escrow_contract.functions.createAndPayBooking(booking_auth_tuple(auth.message), bytes.fromhex(forged[2:]))
+    tx = chain.escrow_contract.functions.createAndPayBooking(
+        booking_auth_tuple(auth.message), bytes.fromhex(forged[2:])
+    )
     tx_hash = tx.transact({"from": customer.address, "gas": 400_000})
     assert chain.w3.eth.wait_for_transaction_receipt(tx_hash)["status"] == 0
 
@@ -271,13 +280,11 @@ def test_a_receipt_from_a_block_the_chain_left_is_left_to_the_scanner(
     """A node still on an abandoned fork answers the receipt in another block at a height the
     scanner already applied: nothing is stored or re-applied, and the stored row keeps the
     canonical block hash."""
-    from chain_events import fastpath
-
     booking = make_booking()
     tx_hash = pay(chain_settings, booking, customer)
     scan_to_head(chain_settings)
     event = ChainEvent.objects.get()
-    assert scanner.held_block_hash(event.block_number) == event.block_hash
+    assert held_block_hash(event.block_number) == event.block_hash
     real_get_receipt = fastpath.get_receipt
 
     def stale_fork_receipt(client_, tx):

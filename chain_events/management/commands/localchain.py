@@ -132,8 +132,7 @@ class Command(BaseCommand):
     @staticmethod
     def _answers(w3: Web3) -> bool:
         try:
-            w3.eth.chain_id
-            return True
+            return w3.eth.chain_id is not None
         except Exception:  # nothing listening yet
             return False
 

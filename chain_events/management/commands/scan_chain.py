@@ -12,6 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from chain_events import scanner
+from chain_events.cursor import rewind_cursor
 from chain_events.rpc import RpcError
 
 
@@ -26,7 +27,7 @@ class Command(BaseCommand):
     def handle(self, *args, once=False, rewind_to=None, reason="", **options):
         if rewind_to is not None:
             try:
-                cursor = scanner.rewind_cursor(rewind_to, reason=reason or "manage.py scan_chain --rewind-to")
+                cursor = rewind_cursor(rewind_to, reason=reason or "manage.py scan_chain --rewind-to")
             except ValueError as exc:
                 raise CommandError(str(exc)) from exc
             self.stdout.write(f"cursor rewound to block {cursor.last_block}")

@@ -3,11 +3,11 @@
 A client that just sent a transaction reports its hash (`POST .../submit-transaction/`).
 We fetch the receipt at once, decode the logs that came from OUR escrow contract (any other
 address is ignored, whatever its topics), and store and apply them through exactly the path
-the scanner uses (`scanner.apply_logs` → its `_ingest`: `store.insert_events` keyed on
-(chain id, tx hash, log index), then `handlers.apply_events`), in one database transaction.
-Because the key and the fold are the same, the scanner meeting the same logs later finds
-them stored and changes nothing; and if the scanner got there first, the insert stores
-nothing new and re-deriving the booking from its events changes nothing either.
+the scanner uses (chain_events.ingest.apply_receipt_logs: `store.insert_events` keyed on
+(chain id, tx hash, log index), then the same hand-over to escrow.chain_consumer), in one
+database transaction. Because the key and the fold are the same, the scanner meeting the
+same logs later finds them stored and changes nothing; and if the scanner got there first,
+the insert stores nothing new and re-deriving the booking from its events changes nothing either.
 
 The scanner still owns the chain's canonical view: events stored here ahead of its cursor
 are checked (and marked REMOVED if their block left the chain) when it scans their blocks.
@@ -19,12 +19,10 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
-from escrow.models import StatusSource
-
-from . import scanner
-from .decoding import DecodedLog, decode_logs
-from .models import EventSource
-from .rpc import RpcClient, get_receipt, get_rpc_client
+from chain_events.cursor import held_block_hash, indexed_contract
+from chain_events.decoding import DecodedLog, decode_logs
+from chain_events.ingest import apply_receipt_logs
+from chain_events.rpc import RpcClient, get_receipt, get_rpc_client
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +54,6 @@ class ReceiptOutcome:
         return self.called_escrow or bool(self.events)
 
 
-def escrow_contract() -> str:
-    """Our escrow contract as the event store keys it (lower-case hex)."""
-    return settings.ESCROW_CONTRACT_ADDRESS.lower()
-
-
 def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | None = None) -> ReceiptOutcome:
     """Fetch `tx_hash`'s receipt and store + apply our contract's events from it.
 
@@ -71,7 +64,7 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
     receipt = get_receipt(client, tx_hash)
     if receipt is None:
         return ReceiptOutcome(tx_hash=tx_hash, mined=False)
-    contract = escrow_contract()
+    contract = indexed_contract().contract
     outcome = ReceiptOutcome(
         tx_hash=tx_hash,
         mined=True,
@@ -84,7 +77,7 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
     outcome.events = decode_logs(receipt.get("logs") or [], contract_address=contract)
     if not outcome.events:
         return outcome
-    held = scanner.held_block_hash(outcome.block_number)
+    held = held_block_hash(outcome.block_number)
     if held is not None and held != receipt["blockHash"].lower():
         log.warning("fast path: tx %s is in block %s %s, the scanner applied %s at that height: left to the scanner",
                     tx_hash, outcome.block_number, receipt["blockHash"], held)
@@ -103,10 +96,7 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
 def store_and_apply(outcome: ReceiptOutcome, *, actor: str = "") -> None:
     """Store the receipt's decoded escrow events and apply the bookings they touch, in one
     transaction, through the scanner's own ingest (same insert, same fold and apply)."""
-    result = scanner.apply_decoded_logs(
-        outcome.events, source=EventSource.RECEIPT, actor=f"receipt:{actor}" if actor else "receipt",
-        status_source=StatusSource.CHAIN,
-    )
+    result = apply_receipt_logs(outcome.events, actor=f"receipt:{actor}" if actor else "receipt")
     outcome.inserted = result.inserted
     outcome.bookings_applied = result.bookings
     log.info(
