@@ -60,13 +60,14 @@ def parse_args():
 
 def pay_on_chain(chain: BenchChain, payments: list[Payment], per_block: int = 200) -> None:
     chain.fund_customers(sorted({p.customer for p in payments}))
-    next_nonce = {c: 2 for c in {p.customer for p in payments}}  # after mint + approve
+    next_nonce = dict.fromkeys({p.customer for p in payments}, 2)  # after mint + approve
     chain.call("evm_setAutomine", [False])
     hashes: list[str] = []
     for start in range(0, len(payments), per_block):
         calls = []
         for payment in payments[start:start + per_block]:
-            calls.append(("eth_sendTransaction", [chain.payment_transaction(payment, nonce=next_nonce[payment.customer])]))
+            transaction = chain.payment_transaction(payment, nonce=next_nonce[payment.customer])
+            calls.append(("eth_sendTransaction", [transaction]))
             next_nonce[payment.customer] += 1
         hashes += chain.batch(calls)
         chain.call("evm_mine")
@@ -79,7 +80,7 @@ def baseline_one_call_per_booking(client, bookings: list[tuple[str, str]]) -> tu
     from django.conf import settings
 
     from escrow.chain_effects import IMPLIED_CHAIN_STATUS
-    from reconciliation.services import CHAIN_STATUS_NAMES
+    from reconciliation.chain_reads import CHAIN_STATUS_NAMES
     from reconciliation.transactions import escrow_call
 
     before = client.round_trips
@@ -117,7 +118,8 @@ def main() -> int:
         customers = bench_addresses("reconcile-customer", args.customers)
         providers = bench_addresses("reconcile-provider", 200)
         payments = [
-            Payment(uuid=uuid_lib.uuid4(), customer=customers[i % len(customers)], provider=providers[i % len(providers)],
+            Payment(uuid=uuid_lib.uuid4(), customer=customers[i % len(customers)],
+                    provider=providers[i % len(providers)],
                     amount=1_000_000 + i, nonce=2 * 10**12 + i, expiry=int((now + timedelta(days=30)).timestamp()))
             for i in range(args.bookings)
         ]
@@ -128,11 +130,11 @@ def main() -> int:
         say(f"setup: {len(payments):,} bookings in the database, {len(paid):,} paid on chain and not scanned "
             f"({time.perf_counter() - started:.1f} s)")
 
-        from chain_events.rpc import get_rpc_client
         from django.conf import settings
 
+        from chain_events.rpc import get_rpc_client
         from escrow.models import Booking
-        from reconciliation.services import reconcile_bookings
+        from reconciliation.reconcile import reconcile_bookings
 
         say(f"batching: {settings.RECONCILE_BATCH_SIZE} ids per getBookings call, "
             f"{settings.RECONCILE_CALLS_PER_REQUEST} calls per JSON-RPC batch, "

@@ -9,10 +9,11 @@ class ConsoleAdminConfig(AdminConfig):
     def ready(self):
         super().ready()
         # The console's database-backed gauges (dead letters, flags, stuck bookings, ...) on /metrics.
-        from chain_events.metrics import register_console_collector
+        from .console_metrics import register_console_collector
 
         register_console_collector()
         # Counters defined beside the code that counts them: imported here so every process's
         # /metrics lists them from the start (ops/prometheus-alerts.yml relies on their names).
         import chain_events.rpc  # noqa: F401  bookme_rpc_errors_total
+        import reconciliation.metrics  # noqa: F401  bookme_reconciliation_mismatches_total, _run_seconds
         import reconciliation.transactions  # noqa: F401  bookme_backend_transactions_total

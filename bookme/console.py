@@ -8,8 +8,13 @@ from django.contrib import admin
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
+from chain_events.models import ChainEvent, EventStatus, Orphan, OrphanStatus, SyncCursor
+from chain_events.rpc import RpcError
 from common.console import is_operator
+from escrow.models import Booking
 from escrow.selectors import STUCK_AFTER, stuck_bookings
+from reconciliation.selectors import contract_paused, last_pause_sent, last_report, open_flags
+
 
 # -- what needs attention (admin index, health, metrics) -----------------------------------------
 @dataclass
@@ -39,10 +44,6 @@ def _changelist(name: str, query: str = "") -> str:
 
 def attention_summary(*, now=None) -> Attention:
     """Counts for the admin index: dead letters, open orphans, stuck bookings, flags, sync lag, pause."""
-    from chain_events.models import ChainEvent, EventStatus, Orphan, OrphanStatus, SyncCursor
-    from escrow.models import Booking
-    from reconciliation.models import EmergencyPause, ReconciliationFlag, ReconciliationReport
-
     now = now or timezone.now()
     items = []
     dead = ChainEvent.objects.filter(status=EventStatus.DEAD_LETTER, resolved_at__isnull=True).count()
@@ -71,7 +72,7 @@ def attention_summary(*, now=None) -> Attention:
         "Bookings needing attention", flagged, _changelist("escrow_booking", "needs_attention__exact=1"),
         "warning" if flagged else "ok",
     ))
-    flags = ReconciliationFlag.objects.filter(resolved_at__isnull=True).count()
+    flags = open_flags()
     items.append(AttentionItem(
         "Open reconciliation flags", flags, _changelist("reconciliation_reconciliationflag", "open=1"),
         "warning" if flags else "ok",
@@ -99,9 +100,6 @@ def attention_summary(*, now=None) -> Attention:
         ))
     # The contract's own paused() (cached a few seconds), not our last pause record: the owner
     # may unpause outside this backend, and a pause whose receipt wait timed out still counts.
-    from chain_events.rpc import RpcError
-    from reconciliation.services import contract_paused
-
     try:
         paused = contract_paused()
     except RpcError as exc:
@@ -111,19 +109,19 @@ def attention_summary(*, now=None) -> Attention:
         ))
     else:
         if paused:
-            last_pause = EmergencyPause.objects.filter(action="pause").first()
+            last_pause = last_pause_sent()
             detail = "not paused by this backend" if last_pause is None else (
                 f"last pause sent by {last_pause.actor} at {last_pause.created_at:%Y-%m-%d %H:%M}: {last_pause.reason}")
             items.append(AttentionItem(
                 "Contract paused", "yes", _changelist("reconciliation_emergencypause"), "critical", detail,
             ))
-    last_report = ReconciliationReport.objects.first()
-    if last_report is not None:
-        severity = "warning" if last_report.status == "FAILED" or last_report.errors else "ok"
+    report = last_report()
+    if report is not None:
+        severity = "warning" if report.status == "FAILED" or report.errors else "ok"
         items.append(AttentionItem(
-            "Last reconciliation", last_report.status, _changelist("reconciliation_reconciliationreport"), severity,
-            f"{last_report.started_at:%Y-%m-%d %H:%M:%S}: {last_report.checked} checked, "
-            f"{last_report.repaired} repaired, {last_report.flagged} flagged, {last_report.errors} errors",
+            "Last reconciliation", report.status, _changelist("reconciliation_reconciliationreport"), severity,
+            f"{report.started_at:%Y-%m-%d %H:%M:%S}: {report.checked} checked, "
+            f"{report.repaired} repaired, {report.flagged} flagged, {report.errors} errors",
         ))
     return Attention(items)
 

@@ -20,6 +20,10 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
+from chain_events.models import SyncCursor
+from chain_events.rpc import get_rpc_client
+from reconciliation.selectors import contract_paused, last_effective_pause_record
+
 HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
 
 
@@ -38,8 +42,6 @@ def check_redis(components: dict | None = None) -> dict:
 
 
 def check_rpc(components: dict | None = None) -> dict:
-    from chain_events.rpc import get_rpc_client
-
     client = get_rpc_client()
     block = client.call("eth_getBlockByNumber", ["latest", False])
     head = int(block["number"], 16)
@@ -49,17 +51,13 @@ def check_rpc(components: dict | None = None) -> dict:
 
 
 def _last_pause() -> dict | None:
-    from reconciliation.models import EmergencyPause
-
-    entry = EmergencyPause.objects.filter(succeeded=True).first()
+    entry = last_effective_pause_record()
     if entry is None:
         return None
     return {"action": entry.action, "actor": entry.actor, "reason": entry.reason, "at": entry.created_at.isoformat()}
 
 
 def check_contract(components: dict | None = None) -> dict:
-    from reconciliation.services import contract_paused
-
     result = {"last_pause_record": _last_pause()}
     if (components or {}).get("rpc", {}).get("status") == UNHEALTHY:
         # Do not wait for the same unreachable node twice.
@@ -69,8 +67,6 @@ def check_contract(components: dict | None = None) -> dict:
 
 
 def check_sync(components: dict | None = None) -> dict:
-    from chain_events.models import SyncCursor
-
     cursor = SyncCursor.objects.filter(
         chain_id=settings.CHAIN_ID, contract_address=settings.ESCROW_CONTRACT_ADDRESS.lower()
     ).first()
@@ -79,7 +75,9 @@ def check_sync(components: dict | None = None) -> dict:
     # The live head when the RPC check read one; the head seen at the last scan otherwise.
     head = (components or {}).get("rpc", {}).get("head_block", cursor.head_block)
     lag = None if head is None else max(0, head - cursor.last_block)
-    scan_age = None if cursor.last_scan_at is None else max(0, int((timezone.now() - cursor.last_scan_at).total_seconds()))
+    scan_age = None
+    if cursor.last_scan_at is not None:
+        scan_age = max(0, int((timezone.now() - cursor.last_scan_at).total_seconds()))
     result = {
         "cursor_block": cursor.last_block,
         "lag_blocks": lag,

@@ -18,7 +18,9 @@ def health(request):
     return Response(report, status=503 if report["status"] == UNHEALTHY else 200)
 
 
-@extend_schema(responses={200: dict}, description="Liveness: the web process answers. Touches no database, cache or chain.")
+@extend_schema(
+    responses={200: dict}, description="Liveness: the web process answers. Touches no database, cache or chain."
+)
 @api_view(["GET"])
 @authentication_classes([])
 @permission_classes([])

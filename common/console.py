@@ -1,5 +1,6 @@
 """Building blocks of the operators' console (the Django admin) that every app's admin uses:
-who may act, read-only model admins, and the one "confirm with a reason, then act" helper.
+who may act, read-only model admins, and the one "confirm with a reason, then act" helper
+(`reason_action` declares such an action; `confirm_with_reason` runs it).
 
 Rules (one place):
 - Every active staff user may read the console models (bookings, events, orphans, reports, ...).
@@ -116,18 +117,53 @@ def confirm_with_reason(modeladmin, request, queryset, *, title: str, warning: s
         if succeeded:
             modeladmin.message_user(request, f"{done}: {succeeded} of {len(queryset)}.", messages.SUCCESS)
         return None
+    return reason_page(
+        modeladmin, request, form, title=title, warning=warning, objects=list(queryset),
+        action_name=request.POST.get("action", ""),
+        selected_ids=[str(pk) for pk in queryset.values_list("pk", flat=True)],
+    )
+
+
+def reason_action(*, description: str, title: str, warning: str, done: str, eligible: dict | None = None):
+    """Declare an operators' admin action that asks for a reason, then acts (confirm_with_reason).
+
+    Decorates `perform(obj, actor, reason) -> str` (the result written to the object's history,
+    "" for none) in a ModelAdmin body; the action keeps its name. `eligible`: queryset lookups
+    the selected objects must match to be acted on (the others are left out of the page).
+    """
+
+    def declare(perform):
+        @admin.action(description=description, permissions=["operate"])
+        def action(modeladmin, request, queryset):
+            if eligible:
+                queryset = queryset.filter(**eligible)
+            return confirm_with_reason(
+                modeladmin, request, queryset, title=title, warning=warning, perform=perform, done=done
+            )
+
+        action.__name__, action.__qualname__, action.__doc__ = perform.__name__, perform.__qualname__, perform.__doc__
+        return action
+
+    return declare
+
+
+def reason_page(modeladmin, request, form, *, title: str, warning: str, objects=(), action_name: str = "",
+                selected_ids=()) -> TemplateResponse:
+    """The confirmation page asking why (templates/admin/console/confirm_action.html): the objects
+    an action will touch (none for a page of its own, e.g. "pause the contract"), the warning and
+    the reason form; its submit button says `title`."""
     opts = modeladmin.model._meta
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": title,
         "warning": warning,
-        "objects": list(queryset),
+        "objects": list(objects),
         "form": form,
         "opts": opts,
         "app_label": opts.app_label,
-        "action_name": request.POST.get("action", ""),
+        "action_name": action_name,
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        "selected_ids": [str(pk) for pk in queryset.values_list("pk", flat=True)],
+        "selected_ids": list(selected_ids),
         "submit_label": title,
     }
     return TemplateResponse(request, "admin/console/confirm_action.html", context)

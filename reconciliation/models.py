@@ -32,7 +32,9 @@ class ReconciliationReport(models.Model):
     repaired = models.PositiveIntegerField(default=0)
     flagged = models.PositiveIntegerField(default=0)
     expired = models.PositiveIntegerField(default=0, help_text="payment authorizations expired unused")
-    cancellations_lapsed = models.PositiveIntegerField(default=0, help_text="cancellation authorizations expired unused")
+    cancellations_lapsed = models.PositiveIntegerField(
+        default=0, help_text="cancellation authorizations expired unused"
+    )
     errors = models.PositiveIntegerField(default=0, help_text="bookings that could not be checked or repaired")
     error_details = models.JSONField(default=list, blank=True)
     rpc_round_trips = models.PositiveIntegerField(default=0)
@@ -61,7 +63,9 @@ class FlagKind(models.TextChoices):
 
 class ReconciliationFlag(models.Model):
     booking = models.ForeignKey("escrow.Booking", on_delete=models.CASCADE, related_name="reconciliation_flags")
-    report = models.ForeignKey(ReconciliationReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="flags")
+    report = models.ForeignKey(
+        ReconciliationReport, null=True, blank=True, on_delete=models.SET_NULL, related_name="flags"
+    )
     kind = models.CharField(max_length=32, choices=FlagKind.choices)
     database_status = models.CharField(max_length=32)
     chain_status = models.CharField(max_length=16)
@@ -77,7 +81,8 @@ class ReconciliationFlag(models.Model):
         constraints = [
             # One open flag per booking and kind: reruns do not pile up duplicates.
             models.UniqueConstraint(
-                fields=["booking", "kind"], condition=models.Q(resolved_at__isnull=True), name="reconciliation_flag_one_open"
+                fields=["booking", "kind"], condition=models.Q(resolved_at__isnull=True),
+                name="reconciliation_flag_one_open",
             ),
         ]
 

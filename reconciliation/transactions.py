@@ -356,7 +356,7 @@ def refresh_transaction(record: SentTransaction, client: RpcClient | None = None
     client = client or get_rpc_client()
     hashes = list(record.tx_hashes or [record.tx_hash])
     receipts = client.batch([("eth_getTransactionReceipt", [h]) for h in hashes])
-    for tx_hash, receipt in zip(hashes, receipts):
+    for tx_hash, receipt in zip(hashes, receipts, strict=True):
         if receipt:
             _record_receipt(record, tx_hash, receipt)
             return True
@@ -402,7 +402,8 @@ def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> d
             elif mined_count(record.from_address) > record.nonce:
                 _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
                 settled["failed"] += 1
-            elif not any(client.batch([("eth_getTransactionByHash", [h]) for h in record.tx_hashes or [record.tx_hash]])):
+            elif not any(client.batch([("eth_getTransactionByHash", [h])
+                                       for h in record.tx_hashes or [record.tx_hash]])):
                 _fail(record, "dropped by the node before it was mined")
                 settled["failed"] += 1
             else:

@@ -9,9 +9,9 @@ from django.contrib.auth.models import Group
 from django.test import Client
 from django.utils import timezone
 
-from common.console import OPERATORS_GROUP
-from chain_events.fastpath import process_transaction
 from chain_events.models import ChainEvent, EventStatus, Orphan
+from common.console import OPERATORS_GROUP
+from escrow.fastpath import process_transaction
 from escrow.models import Booking
 from escrow.services import create_booking
 from escrow.signing import sign_payment_authorization

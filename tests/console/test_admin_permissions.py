@@ -13,7 +13,8 @@ from django.contrib.contenttypes.models import ContentType
 from django.urls import reverse
 
 from chain_events.models import ChainEvent, EventStatus, Orphan, OrphanStatus
-from escrow.models import Booking
+from escrow import attention
+from escrow.models import AttentionKind, Booking
 from reconciliation.models import (
     EmergencyPause,
     FlagKind,
@@ -47,9 +48,8 @@ def _flag(booking) -> ReconciliationFlag:
 
 
 def _flagged_by_the_chain(booking):
-    Booking.objects.filter(pk=booking.pk).update(
-        needs_attention=True, attention_reason="chain: ServiceCompleted in tx 0x01 without a known payment"
-    )
+    attention.raise_attention(booking, AttentionKind.CHAIN_ANOMALY,
+                              "chain: ServiceCompleted in tx 0x01 without a known payment")
     return Booking.objects.get(pk=booking.pk)
 
 
@@ -199,26 +199,28 @@ def test_operator_resolves_a_reconciliation_flag(clients, operator, booking):
 def test_operator_acknowledges_what_the_chain_flagged_and_open_flags_keep_their_own_line(clients, operator, booking):
     booking = _flagged_by_the_chain(booking)
     flag = _flag(booking)
-    Booking.objects.filter(pk=booking.pk).update(attention_reason=booking.attention_reason + "\nreconciliation: test")
+    attention.raise_attention(booking, AttentionKind.RECONCILIATION, "test")
     response = run_action(clients["operator"], "escrow_booking", "acknowledge_attention", booking.pk,
                           confirm="yes", reason=REASON)
     assert response.status_code == 302
     booking.refresh_from_db()
-    chain_line, flag_line = booking.attention_reason.splitlines()
-    assert chain_line.startswith("[acknowledged] chain: ServiceCompleted in tx 0x01 without a known payment"
-                                 " — acknowledged by staff:olivia at ")
-    assert chain_line.endswith(REASON)
-    assert flag_line == "reconciliation: test"
+    chain_item, flag_item = booking.attention_items.order_by("id")
+    assert (chain_item.reason, chain_item.acknowledged_by, chain_item.acknowledged_why) == (
+        "chain: ServiceCompleted in tx 0x01 without a known payment", "staff:olivia", REASON)
+    assert chain_item.acknowledged_at is not None
+    assert (flag_item.kind, flag_item.reason, flag_item.is_open) == ("RECONCILIATION", "test", True)
     assert booking.needs_attention  # the open flag still keeps it on the list
     assert REASON in log_entries(booking).get(user=operator).change_message
     # Acknowledging again has nothing left to do; resolving the flag takes it off the list.
-    from reconciliation.services import ActionRefused, acknowledge_attention, resolve_flag
+    from reconciliation.operations import ActionRefused, acknowledge_attention, resolve_flag
 
     with pytest.raises(ActionRefused, match="resolve those flags"):
         acknowledge_attention(booking, actor="staff:olivia", reason=REASON)
     resolve_flag(flag, actor="staff:olivia", note=REASON)
     booking.refresh_from_db()
-    assert not booking.needs_attention and booking.attention_reason == chain_line
+    flag_item.refresh_from_db()
+    assert not booking.needs_attention and not flag_item.is_open
+    assert booking.attention_items.get(pk=chain_item.pk).acknowledged_why == REASON
     with pytest.raises(ActionRefused, match="nothing to acknowledge"):
         acknowledge_attention(booking, actor="staff:olivia", reason=REASON)
 
@@ -280,7 +282,7 @@ def test_emergency_cancel_follows_the_chain_not_the_database_status(clients, ope
     escrowed and the refund must still be possible. Unpaid on chain: refused, nothing sent."""
     from escrow.models import StatusSource
     from escrow.state import transition
-    from reconciliation.services import ActionRefused, emergency_cancel_booking
+    from reconciliation.operations import ActionRefused, emergency_cancel_booking
 
     from .conftest import make_booking, pay_on_chain
 
@@ -327,10 +329,11 @@ def test_operator_pauses_the_contract_through_the_confirmation_page(clients, ope
     assert REASON in log_entries(entry).get(user=operator).change_message
 
 
-def test_an_acknowledgement_note_never_hides_a_later_reason():
+def test_an_acknowledgement_note_never_hides_a_later_reason(booking):
     """The chain sync raises each reason once, by its text; the operator's note is not a reason."""
     later = "chain: BookingCancelled in tx 0x02 after COMPLETED ignored"
-    acknowledged = Booking.acknowledged_line("chain: second BookingCreatedAndPaid in tx 0x01 ignored",
-                                             f"staff:olivia at 2026-11-23 10:00:00 UTC: expect '{later}' next")
-    assert Booking.attention_reasons_raised(acknowledged) == {"chain: second BookingCreatedAndPaid in tx 0x01 ignored"}
-    assert later not in Booking.attention_reasons_raised(acknowledged)
+    attention.raise_attention(booking, AttentionKind.CHAIN_ANOMALY, "chain: second BookingCreatedAndPaid in tx 0x01 ignored")
+    attention.acknowledge_chain_items(booking, by="staff:olivia", why=f"expect '{later}' next")
+    raised = attention.raised_chain_reasons([booking.pk])[booking.pk]
+    assert raised == {"chain: second BookingCreatedAndPaid in tx 0x01 ignored"}
+    assert later not in raised

@@ -15,8 +15,8 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.select import Select
 
-from chain_events.fastpath import process_transaction
 from chain_events.models import EventStatus, OrphanStatus
+from escrow.fastpath import process_transaction
 from reconciliation.models import SentTransaction, TxStatus
 
 from .conftest import create_dead_letter, create_orphan

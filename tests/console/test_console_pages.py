@@ -11,9 +11,9 @@ from django.utils import timezone
 from chain_events.models import SyncCursor
 from escrow.models import Booking, BookingStatus, PlatformFee
 from escrow.signing import sign_payment_authorization
+from tests.escrow.helpers import wallet
 
 from .conftest import create_dead_letter, make_booking
-from tests.escrow.helpers import wallet
 
 pytestmark = pytest.mark.django_db
 
@@ -57,7 +57,8 @@ def test_paused_in_the_console_and_metrics_is_the_contracts_own_state(chain_sett
     the console and the gauge follow paused() on chain, not the backend's last pause record."""
     from django.core.cache import cache
 
-    from reconciliation.services import PAUSED_CACHE_KEY, pause_contract
+    from reconciliation.operations import pause_contract
+    from reconciliation.selectors import PAUSED_CACHE_KEY
 
     from .test_metrics import sample, scrape
 
@@ -70,7 +71,8 @@ def test_paused_in_the_console_and_metrics_is_the_contracts_own_state(chain_sett
     item = paused_item()
     assert (item.count, item.severity) == ("yes", "critical") and "staff:olivia" in item.detail
     assert sample(scrape(), "bookme_contract_paused") == 1
-    chain_settings.transact(chain_settings.escrow_contract.functions.unpause(), chain_settings.accounts.deployer.address)
+    owner = chain_settings.accounts.deployer.address
+    chain_settings.transact(chain_settings.escrow_contract.functions.unpause(), owner)
     cache.delete(PAUSED_CACHE_KEY)  # past CONTRACT_PAUSED_CACHE_SECONDS
     assert paused_item() is None and sample(scrape(), "bookme_contract_paused") == 0
 
@@ -89,11 +91,14 @@ def test_stuck_filter_by_age(clients):
     now = timezone.now()
     Booking.objects.filter(pk=two_hours.pk).update(status_changed_at=now - timedelta(hours=2))
     Booking.objects.filter(pk=two_days.pk).update(status_changed_at=now - timedelta(days=2))
-    Booking.objects.filter(pk=finished.pk).update(status=BookingStatus.CANCELLED, status_changed_at=now - timedelta(days=3))
+    Booking.objects.filter(pk=finished.pk).update(
+        status=BookingStatus.CANCELLED, status_changed_at=now - timedelta(days=3)
+    )
     # PAID long after its service window: auto-complete should have happened.
     overdue = make_booking(customer, scheduled_at=now + timedelta(days=1))
     Booking.objects.filter(pk=overdue.pk).update(status=BookingStatus.PAID, scheduled_at=now - timedelta(hours=5))
-    assert {b.pk for b in listed(clients["reader"], "escrow_booking", "?stuck=1h")} == {two_hours.pk, two_days.pk, overdue.pk}
+    stuck = {b.pk for b in listed(clients["reader"], "escrow_booking", "?stuck=1h")}
+    assert stuck == {two_hours.pk, two_days.pk, overdue.pk}
     assert {b.pk for b in listed(clients["reader"], "escrow_booking", "?stuck=24h")} == {two_days.pk}
     assert fresh.pk not in {b.pk for b in listed(clients["reader"], "escrow_booking", "?stuck=15m")}
     assert {b.pk for b in listed(clients["reader"], "escrow_booking", "?status__exact=CANCELLED")} == {finished.pk}
@@ -144,4 +149,5 @@ def test_read_only_pages_for_nonces_fees_earnings_and_transactions(clients, book
             response = clients[role].get(reverse(f"admin:{name}_changelist"))
             assert response.status_code == 200, name
             assert reverse(f"admin:{name}_changelist") + "add/" not in response.content.decode(), name
-    assert clients["operator"].get(reverse("admin:escrow_signaturenonce_changelist") + "?q=not-a-number").status_code == 200
+    nonces = reverse("admin:escrow_signaturenonce_changelist")
+    assert clients["operator"].get(nonces + "?q=not-a-number").status_code == 200

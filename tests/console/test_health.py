@@ -51,7 +51,7 @@ def test_everything_healthy(fresh_chain):
 
 @pytest.mark.chain
 def test_paused_contract_degrades_and_says_who_and_why(fresh_chain):
-    from reconciliation.services import pause_contract
+    from reconciliation.operations import pause_contract
 
     pause_contract(actor="staff:olivia", reason="suspicious withdrawals")
     cursor_at(fresh_chain.block_number())

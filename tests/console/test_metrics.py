@@ -11,8 +11,8 @@ from django.conf import settings
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
-from chain_events.fastpath import process_transaction
 from chain_events.models import Orphan
+from escrow.fastpath import process_transaction
 
 from .conftest import create_dead_letter, make_booking, pay_on_chain
 
@@ -69,7 +69,8 @@ def test_every_metric_the_alerts_name_is_on_metrics():
     assert named
     missing = []
     for metric in sorted(named):
-        base = next((metric[: -len(s)] for s in SAMPLE_SUFFIXES if metric.endswith(s) and metric[: -len(s)] in families),
+        base = next((metric[: -len(s)] for s in SAMPLE_SUFFIXES
+                     if metric.endswith(s) and metric[: -len(s)] in families),
                     metric)
         if base not in families:
             missing.append(metric)

@@ -9,21 +9,25 @@ from django.utils import timezone
 from web3.exceptions import ContractCustomError
 
 from chain_events.models import Orphan, OrphanStatus
+from common.singleflight import single_flight
 from contracts.artifacts import STATUS_CANCELLED, STATUS_COMPLETED
 from escrow.models import BookingStatus, PlatformFee, ProviderEarnings
 from escrow.services import request_cancellation
 from escrow.signing import sign_payment_authorization
 from reconciliation import tasks
+from reconciliation.chain_reads import read_contract_paused
 from reconciliation.models import EmergencyPause, SentTransaction, TxPurpose, TxStatus
-from reconciliation.services import (
+from reconciliation.operations import (
     ActionRefused,
     auto_complete_bookings,
-    contract_paused,
+    complete_booking_by_operator,
+    emergency_cancel_booking,
     ignore_orphan,
     pause_contract,
     refund_orphan,
     unpause_contract,
 )
+from reconciliation.selectors import contract_paused
 from reconciliation.transactions import TransactionRejected
 
 from .conftest import scan_to_head
@@ -133,7 +137,8 @@ def test_auto_complete_after_the_window_completes_through_the_event_path(
 
     assert (counts["sent"], counts["completed_on_chain"], counts["failed"]) == (1, 1, 0)
     record = SentTransaction.objects.get(booking=due)
-    assert (record.purpose, record.status, record.actor) == (TxPurpose.OPERATOR_COMPLETE, TxStatus.MINED, "system:auto-complete")
+    assert (record.purpose, record.status, record.actor) == (
+        TxPurpose.OPERATOR_COMPLETE, TxStatus.MINED, "system:auto-complete")
     assert chain.get_booking(due.chain_booking_id)[-1] == STATUS_COMPLETED
     due.refresh_from_db()
     assert due.status == S.PAID  # the database moves only when the event is processed
@@ -207,7 +212,7 @@ def test_commands(chain_settings, make_orphan, make_booking, pay):
     assert SentTransaction.objects.get(orphan=orphan).actor == "command:test"
     out = StringIO()
     call_command("emergency_pause", "--reason", "drill", stdout=out)
-    assert "contract paused" in out.getvalue() and contract_paused(use_cache=False)
+    assert "contract paused" in out.getvalue() and read_contract_paused()
     assert EmergencyPause.objects.get().reason == "drill"
 
 
@@ -235,16 +240,30 @@ def test_a_refund_with_the_rpc_down_is_recorded_as_failed_and_changes_nothing(se
 
 
 def test_tasks_are_scheduled_and_run_single_flight(chain_settings, settings, make_booking, pay):
-    from django.core.cache import cache
-
     scheduled = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
     assert {"reconciliation.reconcile_bookings", "reconciliation.auto_complete_bookings",
             "reconciliation.auto_refund_orphans"} <= scheduled
     booking = make_booking()
     pay(booking)
-    cache.add("reconciliation:task-lock:reconcile", "1", timeout=60)  # a run in progress elsewhere
-    assert tasks.reconcile_bookings() == {"skipped": True}
-    cache.delete("reconciliation:task-lock:reconcile")
+    with single_flight(tasks.lock_name("reconcile")) as held:  # a run in progress elsewhere
+        assert held
+        assert tasks.reconcile_bookings() == {"skipped": True}
     result = tasks.reconcile_bookings()
     assert (result["status"], result["repaired"]) == ("OK", 1)
     assert tasks.auto_complete_bookings()["sent"] == 0
+
+
+def test_a_send_already_in_progress_elsewhere_is_refused(make_booking, make_orphan):
+    """Two clicks or two workers never send the same refund or completion twice: while another
+    process holds the action's single-flight lock, the second is refused and sends nothing."""
+    booking = make_booking()
+    orphan = make_orphan()
+    with single_flight(f"reconciliation:booking-tx:{booking.pk}") as held:
+        assert held
+        for action in (emergency_cancel_booking, complete_booking_by_operator):
+            with pytest.raises(ActionRefused, match="the same action is already in progress"):
+                action(booking, actor="staff:op2", reason="second click")
+    with single_flight(f"reconciliation:orphan-refund:{orphan.pk}"), \
+            pytest.raises(ActionRefused, match="the same action is already in progress"):
+        refund_orphan(orphan, actor="staff:op2", reason="second click")
+    assert not SentTransaction.objects.exists()

@@ -13,9 +13,10 @@ from escrow.models import BookingStatus, StatusSource
 from escrow.services import request_cancellation
 from escrow.signing import sign_payment_authorization
 from escrow.state import transition
+from reconciliation.chain_reads import read_chain_bookings
 from reconciliation.models import FlagKind, ReconciliationFlag, ReconciliationReport, ReportStatus
-from reconciliation.services import read_chain_bookings, reconcile_booking, reconcile_bookings, resolve_flag
-
+from reconciliation.operations import ActionRefused, rebuild_booking_from_chain, resolve_flag
+from reconciliation.reconcile import reconcile_booking, reconcile_bookings
 from tests.rpc_proxy import RpcProxy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.chain]
@@ -47,7 +48,8 @@ def test_repairs_a_payment_the_scanner_never_saw_and_flags_a_database_only_paid(
     assert (event.event_name, event.source, event.status) == ("BookingCreatedAndPaid", "reconciliation", "PROCESSED")
     database_only.refresh_from_db()
     assert database_only.status == S.PAID  # flagged for staff, never rewritten from a guess
-    assert database_only.needs_attention and "reconciliation" in database_only.attention_reason
+    (item,) = database_only.attention_items.all()
+    assert database_only.needs_attention and item.kind == "RECONCILIATION" and item.is_open
     flag = ReconciliationFlag.objects.get(booking=database_only)
     assert (flag.kind, flag.database_status, flag.chain_status, flag.report_id) == (
         FlagKind.DATABASE_AHEAD, S.PAID, "NONE", report.pk)
@@ -63,7 +65,8 @@ def test_repairs_a_payment_the_scanner_never_saw_and_flags_a_database_only_paid(
     # Staff resolve the flag; a later run flags the still-wrong booking again (a new flag).
     resolve_flag(flag, actor="staff:op", note="checked with the customer")
     database_only.refresh_from_db()
-    assert not database_only.needs_attention and database_only.attention_reason == ""
+    item.refresh_from_db()
+    assert not database_only.needs_attention and not item.is_open and item.acknowledged_by == "staff:op"
     reconcile_bookings(trigger="test")
     database_only.refresh_from_db()
     assert database_only.needs_attention
@@ -155,7 +158,7 @@ def test_reads_many_bookings_in_few_round_trips(chain_settings, settings, make_b
 
 
 def test_a_run_exports_its_differences_as_metrics(make_booking, pay):
-    from chain_events.metrics import RECONCILIATION_MISMATCHES
+    from reconciliation.metrics import RECONCILIATION_MISMATCHES
 
     def repaired_total():
         return RECONCILIATION_MISMATCHES.labels("repaired")._value.get()
@@ -171,21 +174,21 @@ def test_a_booking_the_scanner_moves_on_during_the_repair_is_not_flagged(
 ):
     """Repaired to PAID at the run's block; before the re-read the scanner applies a completion
     mined after that block. Further along than the chain at `block` is repaired, not UNREPAIRED."""
-    from reconciliation import services
+    from reconciliation import chain_ingest
 
     from .conftest import scan_to_head
 
     booking = make_booking()
     pay(booking)  # the scanner is not running: the database is behind
-    real_apply_logs = services.scanner.apply_logs
+    real_apply_repair_logs = chain_ingest.apply_repair_logs
 
     def apply_then_the_scanner_moves_on(*args, **kwargs):
-        outcome = real_apply_logs(*args, **kwargs)
+        outcome = real_apply_repair_logs(*args, **kwargs)
         chain_settings.complete_service(booking.chain_booking_id, customer.address)
         scan_to_head(chain_settings)
         return outcome
 
-    monkeypatch.setattr(services.scanner, "apply_logs", apply_then_the_scanner_moves_on)
+    monkeypatch.setattr(chain_ingest, "apply_repair_logs", apply_then_the_scanner_moves_on)
     report = reconcile_bookings(trigger="test")
     assert (report.repaired, report.flagged) == (1, 0)
     booking.refresh_from_db()
@@ -210,8 +213,6 @@ def test_staff_rebuild_a_booking_the_database_has_ahead_of_the_chain(make_bookin
     """Reconciliation flags a database-only PAID and never rewrites it; resolving the flag alone
     brings the flag back at the next run. Rebuilding from the chain (staff, with a reason) sets
     what the chain shows and resolves the flag: the next run finds them in agreement."""
-    from reconciliation.services import ActionRefused, rebuild_booking_from_chain
-
     booking = make_booking()
     force_status(booking, S.PAID)
     reconcile_bookings(trigger="test")
@@ -220,7 +221,8 @@ def test_staff_rebuild_a_booking_the_database_has_ahead_of_the_chain(make_bookin
         rebuild_booking_from_chain(booking, actor="staff:olivia", reason=" ")
 
     booking = rebuild_booking_from_chain(booking, actor="staff:olivia", reason="manual edit by mistake, ticket 9")
-    assert booking.status == S.PENDING_PAYMENT and not booking.needs_attention and booking.attention_reason == ""
+    assert booking.status == S.PENDING_PAYMENT and not booking.needs_attention
+    assert not booking.attention_items.filter(acknowledged_at=None).exists()
     change = booking.status_changes.latest("id")
     assert (change.from_status, change.to_status, change.source, change.actor) == (
         S.PAID, S.PENDING_PAYMENT, StatusSource.ADMIN, "staff:olivia")
@@ -239,18 +241,16 @@ def test_rebuild_removes_a_stored_payment_whose_block_left_the_chain_and_refuses
     to notice. While the block is still on the chain, a node answering without its logs is
     refused; once it is gone, the row is REMOVED and the booking goes back to waiting for
     payment, its nonce free again."""
-    from chain_events.fastpath import process_transaction
     from chain_events.models import EventStatus
     from chain_events.rpc import RpcError
-    from reconciliation.services import rebuild_booking_from_chain
+    from escrow.fastpath import process_transaction
 
     booking = make_booking()
     process_transaction(pay(booking))
     booking.refresh_from_db()
     assert booking.status == S.PAID
-    with _node_answering_without_logs(chain_settings, settings):
-        with pytest.raises(RpcError, match="incomplete answer"):
-            rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
+    with _node_answering_without_logs(chain_settings, settings), pytest.raises(RpcError, match="incomplete answer"):
+        rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
     booking.refresh_from_db()
     assert booking.status == S.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
 
@@ -270,15 +270,13 @@ def test_rebuild_changes_nothing_when_the_logs_do_not_account_for_the_chain_stat
     """getBooking says PAID but eth_getLogs shows nothing (a node that has not indexed the
     block): rebuilt from no events, the PAID booking would go back to PENDING_PAYMENT, which
     is not what the chain shows. The rebuild is refused and rolled back whole."""
-    from reconciliation.services import ActionRefused, rebuild_booking_from_chain
-
     booking = make_booking()
     pay(booking)
     force_status(booking, S.PAID)  # in line with the chain, though no event of it is stored
     changes = booking.status_changes.count()
-    with _node_answering_without_logs(chain_settings, settings):
-        with pytest.raises(ActionRefused, match="the chain shows PAID .* PENDING_PAYMENT: nothing was changed"):
-            rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
+    refused = "the chain shows PAID .* PENDING_PAYMENT: nothing was changed"
+    with _node_answering_without_logs(chain_settings, settings), pytest.raises(ActionRefused, match=refused):
+        rebuild_booking_from_chain(booking, actor="staff:olivia", reason="checking")
     booking.refresh_from_db()
     assert booking.status == S.PAID and booking.status_changes.count() == changes
     assert not ChainEvent.objects.exists()

@@ -124,7 +124,8 @@ def test_a_call_that_would_revert_is_refused_before_any_nonce_is_used(chain_sett
     unknown = "0x" + "ab" * 32
     with pytest.raises(TransactionRejected, match="BookingNotPaid") as caught:
         send_transaction(
-            purpose=TxPurpose.EMERGENCY_CANCEL, data=escrow_call("emergencyCancelBooking", bytes.fromhex(unknown[2:]), "x"),
+            purpose=TxPurpose.EMERGENCY_CANCEL,
+            data=escrow_call("emergencyCancelBooking", bytes.fromhex(unknown[2:]), "x"),
             actor="test", reason="nothing to refund",
         )
     record = caught.value.record
@@ -168,7 +169,8 @@ def test_stale_rows_get_an_outcome_and_a_dropped_nonce_is_used_again(chain_setti
     assert SentTransaction.objects.get(pk=never_sent.pk).status == TxStatus.FAILED
 
     # Nothing outstanding any more: the next send takes the dropped nonce and is mined.
-    after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test", reason="t")
+    after = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                             reason="t")
     assert after.nonce == free_nonce and after.status == TxStatus.MINED
 
 
@@ -185,7 +187,8 @@ def test_a_lost_broadcast_answer_does_not_send_the_call_twice(chain_settings, se
     with RpcProxy(chain.url) as proxy:
         settings.CHAIN_RPC_URLS = [proxy.url]
         proxy.lose_answer_once = {"eth_sendRawTransaction"}
-        record = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+        record = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test",
+                                  reason="t")
         assert not proxy.lose_answer_once and proxy.seen.count("eth_sendRawTransaction") == 2
     assert record.status == TxStatus.MINED and record.nonce == start
     assert chain.w3.eth.get_transaction_count(operator, "latest") == start + 1  # sent once

@@ -7,7 +7,7 @@ import getpass
 from django.core.management.base import BaseCommand, CommandError
 
 from chain_events.rpc import RpcError
-from reconciliation.services import ActionRefused, pause_contract, unpause_contract
+from reconciliation.operations import ActionRefused, pause_contract, unpause_contract
 from reconciliation.transactions import TransactionError
 
 

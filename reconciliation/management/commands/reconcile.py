@@ -2,14 +2,16 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from reconciliation.models import ReportStatus
-from reconciliation.services import reconcile_bookings
+from reconciliation.reconcile import reconcile_bookings
 
 
 class Command(BaseCommand):
     help = "Compare bookings with the chain now, repair what the chain is ahead on, flag the rest."
 
     def add_arguments(self, parser):
-        parser.add_argument("--once", action="store_true", help="run once and exit (the only mode; beat runs it periodically)")
+        parser.add_argument(
+            "--once", action="store_true", help="run once and exit (the only mode; beat runs it periodically)"
+        )
         parser.add_argument("--actor", default="command:reconcile", help="who runs it (audit trail)")
 
     def handle(self, *args, **options):

@@ -5,7 +5,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from chain_events.models import Orphan
 from chain_events.rpc import RpcError
-from reconciliation.services import ActionRefused, refund_orphan
+from reconciliation.operations import ActionRefused, refund_orphan
 from reconciliation.transactions import TransactionError
 
 
