@@ -1,24 +1,24 @@
-"""Console pages of the escrow app: bookings (with their history, chain events, signatures, fees,
-sent transactions and reconciliation flags), signature nonces, platform fees, provider earnings.
+"""Console pages of the booking domain: bookings (with their history, chain events, signatures and
+fees), signature nonces, platform fees, provider earnings. All read-only.
 
-All read-only; operators act through actions that call reconciliation.services (see bookme/console.py).
+The operations floor extends the booking page (reconciliation/admin.py registers a subclass of
+BookingAdmin with the transactions sent, reconciliation flags and the operators' actions).
 """
 from __future__ import annotations
 
 from datetime import timedelta
 
-from django.contrib import admin, messages
+from django.contrib import admin
 from django.db.models import Q
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from common.console import ConsoleInline, ConsoleModelAdmin, actor_of, confirm_with_reason
+from chain_events.models import ChainEvent
+from common.console import ConsoleInline, ConsoleModelAdmin
 from common.eth import usdc
 
+from .models import AttentionItem, Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
 from .selectors import stuck_bookings
-
-from .models import Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
-
 
 
 class StuckFilter(admin.SimpleListFilter):
@@ -53,6 +53,15 @@ class StatusChangeInline(ConsoleInline):
     show_change_link = False
 
 
+class AttentionItemInline(ConsoleInline):
+    model = AttentionItem
+    verbose_name_plural = "attention (why staff are needed; open ones keep the booking out of auto-complete)"
+    fields = ("raised_at", "kind", "reason", "acknowledged_at", "acknowledged_by", "acknowledged_why")
+    readonly_fields = fields
+    ordering = ("raised_at", "id")
+    show_change_link = False
+
+
 class SignatureInline(ConsoleInline):
     model = SignatureNonce
     verbose_name_plural = "signatures (EIP-712 authorizations issued)"
@@ -79,26 +88,6 @@ class PlatformFeeInline(ConsoleInline):
         return usdc(fee.provider_amount)
 
 
-def _reconciliation_inlines():
-    from reconciliation.models import ReconciliationFlag, SentTransaction
-
-    class SentTransactionInline(ConsoleInline):
-        model = SentTransaction
-        fk_name = "booking"
-        verbose_name_plural = "transactions sent by the backend"
-        fields = ("created_at", "purpose", "status", "tx_hash", "nonce", "actor", "reason", "error")
-        readonly_fields = fields
-
-    class FlagInline(ConsoleInline):
-        model = ReconciliationFlag
-        verbose_name_plural = "reconciliation flags"
-        fields = ("created_at", "kind", "database_status", "chain_status", "detail", "resolved_at", "resolved_by",
-                  "resolution_note")
-        readonly_fields = fields
-
-    return [SentTransactionInline, FlagInline]
-
-
 @admin.register(Booking)
 class BookingAdmin(ConsoleModelAdmin):
     list_display = ("uuid", "status", "amount_usdc", "customer_address", "provider_address", "scheduled_at",
@@ -108,11 +97,9 @@ class BookingAdmin(ConsoleModelAdmin):
                      "=payment_tx_hash", "=completion_tx_hash", "=cancellation_tx_hash")
     date_hierarchy = "created_at"
     ordering = ("-created_at",)
-    inlines = [StatusChangeInline, PlatformFeeInline, SignatureInline, *_reconciliation_inlines()]
-    actions = ["reconcile_now", "acknowledge_attention", "rebuild_from_chain", "emergency_cancel"]
+    inlines = [AttentionItemInline, StatusChangeInline, PlatformFeeInline, SignatureInline]
     fieldsets = (
-        (None, {"fields": ("uuid", "chain_booking_id", "status", "status_changed_at", "needs_attention",
-                           "attention_reason")}),
+        (None, {"fields": ("uuid", "chain_booking_id", "status", "status_changed_at", "needs_attention")}),
         ("Parties and money", {"fields": ("customer_address", "provider_address", "inviter_address", "amount_usdc",
                                           "platform_fee_rate", "inviter_fee_rate", "scheduled_at", "description")}),
         ("Chain", {"fields": ("payment_tx_hash", "completion_tx_hash", "cancellation_tx_hash", "chain_confirmed_at",
@@ -128,9 +115,9 @@ class BookingAdmin(ConsoleModelAdmin):
 
     @admin.display(description="chain events")
     def chain_events(self, booking):
-        from chain_events.models import ChainEvent
-
-        events = ChainEvent.objects.filter(chain_booking_id=booking.chain_booking_id).order_by("block_number", "log_index")
+        events = ChainEvent.objects.filter(chain_booking_id=booking.chain_booking_id).order_by(
+            "block_number", "log_index"
+        )
         if not events:
             return "none stored"
         rows = format_html_join(
@@ -151,80 +138,9 @@ class BookingAdmin(ConsoleModelAdmin):
         queryset, may_have_duplicates = super().get_search_results(request, queryset, search_term)
         term = search_term.strip().lower()
         if term.startswith("0x") and len(term) == 66:
-            from chain_events.models import ChainEvent
-
             by_event = ChainEvent.objects.filter(tx_hash=term).values("chain_booking_id")
             queryset |= self.model.objects.filter(Q(chain_booking_id__in=by_event))
         return queryset, may_have_duplicates
-
-    @admin.action(description="Reconcile now with the chain", permissions=["operate"])
-    def reconcile_now(self, request, queryset):
-        from reconciliation.services import reconcile_bookings
-
-        bookings = list(queryset)
-        report = reconcile_bookings(trigger="admin", actor=actor_of(request), booking_ids=[b.pk for b in bookings])
-        for booking in bookings:
-            self.log_change(request, booking, f"Reconcile now: report #{report.pk}: {report}")
-        level = messages.SUCCESS if report.status == "OK" and not report.errors else messages.WARNING
-        self.message_user(request, f"Reconciliation report #{report.pk}: {report}", level)
-
-    @admin.action(description="Acknowledge what needs attention (the chain's state stands)…", permissions=["operate"])
-    def acknowledge_attention(self, request, queryset):
-        from reconciliation.services import acknowledge_attention
-
-        def perform(booking, actor, reason):
-            booking = acknowledge_attention(booking, actor=actor, reason=reason)
-            return "still needs attention (open reconciliation flags)" if booking.needs_attention else ""
-
-        return confirm_with_reason(
-            self, request, queryset,
-            title="Acknowledge attention",
-            warning="The reasons these bookings are flagged for (a chain payment that differs from the booking, "
-                    "an unexpected event sequence) are marked acknowledged and the bookings leave the attention "
-                    "list: a paid one is completed by the operator when its service window passes. The chain's "
-                    "state is already applied; nothing is sent. Open reconciliation flags are resolved on "
-                    "their own page.",
-            perform=perform,
-            done="Acknowledged",
-        )
-
-    @admin.action(description="Rebuild from the chain (the database is ahead of it)…", permissions=["operate"])
-    def rebuild_from_chain(self, request, queryset):
-        from reconciliation.services import rebuild_booking_from_chain
-
-        def perform(booking, actor, reason):
-            before = booking.status
-            booking = rebuild_booking_from_chain(booking, actor=actor, reason=reason)
-            return f"{before} → {booking.status}" if booking.status != before else f"still {booking.status}"
-
-        return confirm_with_reason(
-            self, request, queryset,
-            title="Rebuild from the chain",
-            warning="The bookings' events are read again from the chain, events whose block left the chain are "
-                    "marked removed, and each booking is set to what its events show (a paid booking the chain "
-                    "never saw paid goes back to PENDING_PAYMENT). Use it when reconciliation flags the database "
-                    "ahead of the chain and you have checked why. Their open reconciliation flags are resolved "
-                    "with your reason. Nothing is sent to the chain.",
-            perform=perform,
-            done="Rebuilt",
-        )
-
-    @admin.action(description="Emergency cancel: refund the customer in full…", permissions=["operate"])
-    def emergency_cancel(self, request, queryset):
-        from reconciliation.services import emergency_cancel_booking
-
-        def perform(booking, actor, reason):
-            record = emergency_cancel_booking(booking, actor=actor, reason=reason)
-            return f"emergencyCancelBooking tx {record.tx_hash} ({record.status})"
-
-        return confirm_with_reason(
-            self, request, queryset,
-            title="Emergency cancel",
-            warning="emergencyCancelBooking refunds the full amount to the customer from the operator account. "
-                    "The booking becomes CANCELLED when the refund's log is processed. This cannot be undone.",
-            perform=perform,
-            done="Refund sent",
-        )
 
 
 @admin.register(SignatureNonce)

@@ -1,7 +1,7 @@
 """Booking-side effects of chain events: make bookings agree with their derived chain state.
 
 chain_events folds a booking's events into a chain state (NONE / PAID / COMPLETED /
-CANCELLED plus the events that made it, see chain_events.handlers). This module turns
+CANCELLED plus the events that made it, see escrow.chain_state). This module turns
 "booking as the database has it" + "state the chain says" into the database changes, and
 applies them for many bookings at once with a handful of set-based statements:
 
@@ -15,8 +15,9 @@ applies them for many bookings at once with a handful of set-based statements:
   "completion", "cancellation", "event", "anomalies"}`, uint256 as strings). chain_data is
   owned by the chain sync: the difference between the state it holds and the new state is
   what gets applied, which makes applying idempotent and reorg reversal exact.
-- a mismatch between the payment event and the booking (parties, amount, rates) sets
-  needs_attention with a reason (once per payment tx); the chain state still applies.
+- a mismatch between the payment event and the booking (parties, amount, rates), or an event
+  sequence the contract cannot produce, raises an AttentionItem (each reason once per booking,
+  see escrow.attention) and sets needs_attention; the chain state still applies.
 - PlatformFee: one row per booking, present while the chain state has a completion (platform,
   inviter and provider parts of ServiceCompleted) or a cancellation whose platform + inviter
   parts are > 0 (the split of BookingCancelled); removed/changed when a reorg changes that.
@@ -35,10 +36,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from common.db import server_binding_cursor
+from common.db import json_value, server_binding_cursor
 from common.eth import ZERO_ADDRESS, checksum, same_address
 
+from . import attention
+from .chain_state import CHAIN_DATA_SOURCE, ChainStatus
 from .models import (
+    AttentionKind,
     Booking,
     BookingStatus,
     BookingStatusChange,
@@ -50,29 +54,28 @@ from .models import (
 )
 
 S = BookingStatus
-CHAIN_NONE, CHAIN_PAID, CHAIN_COMPLETED, CHAIN_CANCELLED = "NONE", "PAID", "COMPLETED", "CANCELLED"
-CHAIN_DATA_SOURCE = "chain_events"
+C = ChainStatus
 
 # What a booking status says about the contract's storage.
 IMPLIED_CHAIN_STATUS = {
-    S.PENDING_PAYMENT: CHAIN_NONE,
-    S.EXPIRED: CHAIN_NONE,
-    S.FAILED: CHAIN_NONE,
-    S.PAID: CHAIN_PAID,
-    S.PENDING_COMPLETION: CHAIN_PAID,
-    S.PENDING_CANCELLATION: CHAIN_PAID,
-    S.COMPLETED: CHAIN_COMPLETED,
-    S.CANCELLED: CHAIN_CANCELLED,
+    S.PENDING_PAYMENT: C.NONE,
+    S.EXPIRED: C.NONE,
+    S.FAILED: C.NONE,
+    S.PAID: C.PAID,
+    S.PENDING_COMPLETION: C.PAID,
+    S.PENDING_CANCELLATION: C.PAID,
+    S.COMPLETED: C.COMPLETED,
+    S.CANCELLED: C.CANCELLED,
 }
 # The booking status a chain status lands on when the booking must move.
 TARGET_STATUS = {
-    CHAIN_NONE: S.PENDING_PAYMENT,
-    CHAIN_PAID: S.PAID,
-    CHAIN_COMPLETED: S.COMPLETED,
-    CHAIN_CANCELLED: S.CANCELLED,
+    C.NONE: S.PENDING_PAYMENT,
+    C.PAID: S.PAID,
+    C.COMPLETED: S.COMPLETED,
+    C.CANCELLED: S.CANCELLED,
 }
-_FORWARD = {(CHAIN_NONE, CHAIN_PAID), (CHAIN_NONE, CHAIN_COMPLETED), (CHAIN_NONE, CHAIN_CANCELLED),
-            (CHAIN_PAID, CHAIN_COMPLETED), (CHAIN_PAID, CHAIN_CANCELLED)}
+_FORWARD = {(C.NONE, C.PAID), (C.NONE, C.COMPLETED), (C.NONE, C.CANCELLED),
+            (C.PAID, C.COMPLETED), (C.PAID, C.CANCELLED)}
 
 _BOOKING = Booking._meta.db_table
 _FEE = PlatformFee._meta.db_table
@@ -92,7 +95,7 @@ class FeeRow:
     tx_hash: str
     id: int | None = None
 
-    def same(self, other: "FeeRow | None") -> bool:
+    def same(self, other: FeeRow | None) -> bool:
         return other is not None and (
             self.platform_amount, self.inviter_amount, self.provider_amount, self.tx_hash
         ) == (other.platform_amount, other.inviter_amount, other.provider_amount, other.tx_hash)
@@ -115,7 +118,6 @@ class BookingSnapshot:
     chain_confirmed_at: object
     chain_data: dict
     needs_attention: bool
-    attention_reason: str
     fee: FeeRow | None
 
 
@@ -131,7 +133,7 @@ def lock_bookings(chain_booking_ids: list[str]) -> dict[str, BookingSnapshot]:
     lock_sql = f"""
         SELECT b.id, b.chain_booking_id, b.status, b.customer_address, b.provider_address, b.inviter_address,
                b.amount, b.platform_fee_rate, b.inviter_fee_rate, b.payment_tx_hash, b.completion_tx_hash,
-               b.cancellation_tx_hash, b.chain_confirmed_at, b.chain_data, b.needs_attention, b.attention_reason
+               b.cancellation_tx_hash, b.chain_confirmed_at, b.chain_data, b.needs_attention
         FROM {_BOOKING} b
         WHERE b.chain_booking_id = ANY(%b::text[])
         ORDER BY b.id
@@ -154,18 +156,9 @@ def lock_bookings(chain_booking_ids: list[str]) -> dict[str, BookingSnapshot]:
         for row in rows:
             out[row[1]] = BookingSnapshot(
                 row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]), row[7], row[8], row[9], row[10],
-                row[11], row[12], _json_value(row[13]), row[14], row[15], fees.get(row[0]),
+                row[11], row[12], json_value(row[13]), row[14], fees.get(row[0]),
             )
     return out
-
-
-def _json_value(value) -> dict:
-    # Django has psycopg hand jsonb back as text (JSONField parses it); raw cursors see the text.
-    if value == "{}":
-        return {}  # a booking the chain sync never touched: most of a catch-up
-    if isinstance(value, str):
-        return json.loads(value)
-    return value or {}
 
 
 @dataclass(slots=True)
@@ -178,7 +171,9 @@ class BookingPlan:
     chain_confirmed_at: object
     chain_data: dict
     needs_attention: bool
-    attention_reason: str
+    # (kind, reason) the chain state raises; apply_plans keeps those never raised before.
+    attention: list[tuple[str, str]] = field(default_factory=list)
+    new_attention: list[tuple[str, str]] = field(default_factory=list)
     steps: list[tuple[str, str, str, str]] = field(default_factory=list)  # (from, to, tx_hash, note)
     fee: FeeRow | None = None
     fee_changed: bool = False
@@ -195,7 +190,7 @@ class BookingPlan:
             != (s.payment_tx_hash, s.completion_tx_hash, s.cancellation_tx_hash)
             or self.chain_confirmed_at != s.chain_confirmed_at
             or self.chain_data != s.chain_data
-            or (self.needs_attention, self.attention_reason) != (s.needs_attention, s.attention_reason)
+            or self.needs_attention != s.needs_attention
         )
 
 
@@ -265,7 +260,6 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
         chain_confirmed_at=snapshot.chain_confirmed_at,
         chain_data=new,
         needs_attention=snapshot.needs_attention,
-        attention_reason=snapshot.attention_reason,
         fee=snapshot.fee,
     )
 
@@ -273,10 +267,10 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
     if implied != target:
         if (implied, target) in _FORWARD:
             current = snapshot.status
-            if implied == CHAIN_NONE and state.payment is not None:
+            if implied == C.NONE and state.payment is not None:
                 plan.steps.append((current, S.PAID, state.payment.tx_hash, _event_note(state.payment)))
                 current = S.PAID
-            final = state.completion if target == CHAIN_COMPLETED else state.cancellation
+            final = state.completion if target == C.COMPLETED else state.cancellation
             if final is not None:
                 plan.steps.append((current, TARGET_STATUS[target], final.tx_hash, _event_note(final)))
         else:
@@ -293,33 +287,25 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
     regressed = implied != target and (implied, target) not in _FORWARD
     for attr, event, chain_status in (
         ("payment_tx_hash", state.payment, None),
-        ("completion_tx_hash", state.completion, CHAIN_COMPLETED),
-        ("cancellation_tx_hash", state.cancellation, CHAIN_CANCELLED),
+        ("completion_tx_hash", state.completion, C.COMPLETED),
+        ("cancellation_tx_hash", state.cancellation, C.CANCELLED),
     ):
         if event is not None:
             setattr(plan, attr, event.tx_hash)
-        elif regressed and (chain_status is None and target == CHAIN_NONE or implied == chain_status):
+        elif regressed and (chain_status is None and target == C.NONE or implied == chain_status):
             setattr(plan, attr, "")
     if state.payment is not None and plan.chain_confirmed_at is None:
         plan.chain_confirmed_at = now
-    elif state.payment is None and regressed and target == CHAIN_NONE:
+    elif state.payment is None and regressed and target == C.NONE:
         plan.chain_confirmed_at = None
 
     # -- attention: the chain disagrees with the booking (still applied: chain is truth) ---
-    reasons = []
     if state.payment is not None:
         diffs = payment_mismatches(snapshot, state.payment)
         if diffs:
-            reasons.append(f"chain payment {state.payment.tx_hash} differs from the booking: " + "; ".join(diffs))
-    reasons += [f"chain: {a}" for a in state.anomalies]
-    if reasons:  # each reason once: a reason staff acknowledged is not raised again
-        raised = Booking.attention_reasons_raised(snapshot.attention_reason)
-        new_reasons = [r for r in reasons if r not in raised]
-    else:
-        new_reasons = []
-    if new_reasons:
-        plan.needs_attention = True
-        plan.attention_reason = "\n".join(filter(None, [snapshot.attention_reason, *new_reasons]))
+            plan.attention.append((AttentionKind.CHAIN_MISMATCH, f"chain payment {state.payment.tx_hash} differs "
+                                   "from the booking: " + "; ".join(diffs)))
+    plan.attention += [(AttentionKind.CHAIN_ANOMALY, f"chain: {a}") for a in state.anomalies]
 
     # -- platform fee row -----------------------------------------------------------------
     desired = _fee_for(state)
@@ -367,8 +353,22 @@ def sync_bookings_to_chain(
     (provider earnings), after the rows of these bookings alone.
     """
     plans = [plan_booking_sync(snapshot, state, now=now) for snapshot, state in pairs]
+    _keep_new_attention([p for p in plans if p.attention])
     apply_plans(plans, actor=actor, now=now, source=source, before_shared_writes=before_shared_writes)
     return sum(1 for p in plans if p.booking_changed)
+
+
+def _keep_new_attention(plans: list[BookingPlan]) -> None:
+    """Each reason once per booking: a reason raised before (open or acknowledged by staff) is
+    not raised again. Rare (a mismatch, an anomaly), so one read for all of them."""
+    if not plans:
+        return
+    raised = attention.raised_chain_reasons(p.snapshot.id for p in plans)
+    for plan in plans:
+        seen = raised.get(plan.snapshot.id, set())
+        plan.new_attention = [(kind, reason) for kind, reason in plan.attention if reason not in seen]
+        if plan.new_attention:
+            plan.needs_attention = True
 
 
 def apply_plans(
@@ -386,12 +386,11 @@ def apply_plans(
                         status_changed_at = CASE WHEN u.moved THEN %s ELSE b.status_changed_at END,
                         payment_tx_hash = u.payment_tx_hash, completion_tx_hash = u.completion_tx_hash,
                         cancellation_tx_hash = u.cancellation_tx_hash, chain_confirmed_at = u.chain_confirmed_at,
-                        chain_data = u.chain_data::jsonb, needs_attention = u.needs_attention,
-                        attention_reason = u.attention_reason, updated_at = %s
+                        chain_data = u.chain_data::jsonb, needs_attention = u.needs_attention, updated_at = %s
                     FROM unnest(%b::bigint[], %b::text[], %b::bool[], %b::text[], %b::text[], %b::text[],
-                                %b::timestamptz[], %b::text[], %b::bool[], %b::text[])
+                                %b::timestamptz[], %b::text[], %b::bool[])
                         AS u(id, status, moved, payment_tx_hash, completion_tx_hash, cancellation_tx_hash,
-                             chain_confirmed_at, chain_data, needs_attention, attention_reason)
+                             chain_confirmed_at, chain_data, needs_attention)
                     WHERE b.id = u.id""",
                 [
                     now, now,
@@ -404,9 +403,11 @@ def apply_plans(
                     [p.chain_confirmed_at for p in changed],
                     [_compact_json(p.chain_data) for p in changed],
                     [p.needs_attention for p in changed],
-                    [p.attention_reason for p in changed],
                 ],
             )
+        new_items = [(p.snapshot.id, kind, reason) for p in plans for kind, reason in p.new_attention]
+        if new_items:
+            attention.insert_items(new_items, now=now)
         steps = [(p.snapshot.id, *step) for p in plans for step in p.steps]
         if steps:
             cursor.execute(

@@ -54,12 +54,11 @@ class Booking(models.Model):
     cancellation_tx_hash = models.CharField(max_length=66, blank=True, default="")
     chain_confirmed_at = models.DateTimeField(null=True, blank=True)
     chain_data = models.JSONField(default=dict, blank=True, help_text="raw decoded chain data of the latest event")
-    # Set when the chain disagrees with what the database expected (e.g. amount mismatch);
-    # staff resolve it in the admin. The chain's state still applies (the chain is the truth for money).
-    # One reason per line; a line staff acknowledged stays, prefixed ACKNOWLEDGED_PREFIX (see
-    # open_attention_lines), and needs_attention is True while an open line remains.
+    # True while the booking has an open AttentionItem (the chain disagrees with what the
+    # database expected, an event sequence the contract cannot produce, an open reconciliation
+    # flag). Kept on the row, in the same transaction as the items, because auto-complete and
+    # the console filter on it; the items say why (escrow.attention).
     needs_attention = models.BooleanField(default=False)
-    attention_reason = models.TextField(blank=True, default="")
     status_changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -75,37 +74,51 @@ class Booking(models.Model):
             models.Index(fields=["needs_attention"], condition=models.Q(needs_attention=True), name="booking_needs_attention"),
         ]
 
+    def __str__(self):
+        return f"Booking {self.uuid} ({self.status})"
+
     def save(self, *args, **kwargs):
         if not self.chain_booking_id:
             self.chain_booking_id = chain_booking_id_for(self.uuid)
         super().save(*args, **kwargs)
 
+
+class AttentionKind(models.TextChoices):
+    # The chain's payment differs from the booking (parties, amount, rates); the chain still applies.
+    CHAIN_MISMATCH = "CHAIN_MISMATCH", "Chain payment differs"
+    # An event sequence the contract cannot produce (e.g. a completion without a known payment).
+    CHAIN_ANOMALY = "CHAIN_ANOMALY", "Unexpected event sequence"
+    # An open reconciliation flag (reconciliation raises and withdraws these).
+    RECONCILIATION = "RECONCILIATION", "Reconciliation flag"
+
+
+#: Kinds the chain sync raises: each reason at most once per booking, acknowledged or not.
+CHAIN_ATTENTION_KINDS = (AttentionKind.CHAIN_MISMATCH, AttentionKind.CHAIN_ANOMALY)
+
+
+class AttentionItem(models.Model):
+    """One reason a booking needs staff: raised by the chain sync or reconciliation, closed by
+    staff acknowledging it (or by reconciliation withdrawing its flag's item), never deleted."""
+
+    booking = models.ForeignKey(Booking, on_delete=models.CASCADE, related_name="attention_items")
+    kind = models.CharField(max_length=32, choices=AttentionKind.choices)
+    reason = models.TextField()
+    raised_at = models.DateTimeField()
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=200, blank=True, default="")
+    acknowledged_why = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["raised_at", "id"]
+        indexes = [models.Index(fields=["booking", "kind"])]
+
     def __str__(self):
-        return f"Booking {self.uuid} ({self.status})"
+        state = "open" if self.acknowledged_at is None else f"acknowledged by {self.acknowledged_by}"
+        return f"{self.get_kind_display()} ({state}): {self.reason}"
 
-    #: An attention line staff acknowledged: ACKNOWLEDGED_PREFIX + the reason + _ACKNOWLEDGED_BY
-    #: + who, when and why. The reason stays: the chain sync raises a reason only once.
-    ACKNOWLEDGED_PREFIX = "[acknowledged] "
-    _ACKNOWLEDGED_BY = " — acknowledged by "
-
-    def open_attention_lines(self) -> list[str]:
-        """The attention reasons nobody has dealt with yet (needs_attention is "any of these")."""
-        return [line for line in self.attention_reason.splitlines()
-                if line.strip() and not line.startswith(self.ACKNOWLEDGED_PREFIX)]
-
-    @classmethod
-    def acknowledged_line(cls, line: str, note: str) -> str:
-        return f"{cls.ACKNOWLEDGED_PREFIX}{line}{cls._ACKNOWLEDGED_BY}{' '.join(note.split())}"
-
-    @classmethod
-    def attention_reasons_raised(cls, attention_reason: str) -> set[str]:
-        """Every reason raised so far, open or acknowledged (without the acknowledgement)."""
-        raised = set()
-        for line in attention_reason.splitlines():
-            if line.startswith(cls.ACKNOWLEDGED_PREFIX):
-                line = line[len(cls.ACKNOWLEDGED_PREFIX):].split(cls._ACKNOWLEDGED_BY, 1)[0]
-            raised.add(line)
-        return raised
+    @property
+    def is_open(self) -> bool:
+        return self.acknowledged_at is None
 
 
 class BookingStatusChange(models.Model):
