@@ -12,6 +12,7 @@ here with coincurve exactly as escrow.signing does (same struct hash, same domai
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import sys
@@ -70,7 +71,7 @@ class BenchChain:
         self.session = requests.Session()
         self.deployment: Deployment | None = None
 
-    def start(self) -> "BenchChain":
+    def start(self) -> BenchChain:
         from web3 import Web3
 
         self.node.start(timeout=60)
@@ -169,7 +170,7 @@ class BenchChain:
         signature = self._signer.sign_recoverable(digest, hasher=None)
         return signature[:64] + bytes([signature[64] + 27])
 
-    def payment_transaction(self, payment: "Payment", *, nonce: int | None = None) -> dict:
+    def payment_transaction(self, payment: Payment, *, nonce: int | None = None) -> dict:
         values = payment.auth_values()
         data = PAY_SELECTOR + abi_encode([AUTH_TUPLE, "bytes"], [tuple(values), self.authorization_signature(values)])
         tx = {"from": payment.customer, "to": self.escrow, "data": "0x" + data.hex(), "gas": hex(PAYMENT_GAS)}
@@ -269,13 +270,13 @@ def insert_bookings(payments: list[Payment], *, scheduled_at, now) -> None:
             f"""COPY {booking_table} (uuid, chain_booking_id, customer_address, provider_address, inviter_address,
                 amount, platform_fee_rate, inviter_fee_rate, scheduled_at, description, status,
                 status_before_cancellation, cancellation_reason, payment_tx_hash, completion_tx_hash,
-                cancellation_tx_hash, chain_data, needs_attention, attention_reason, status_changed_at,
+                cancellation_tx_hash, chain_data, needs_attention, status_changed_at,
                 created_at, updated_at) FROM STDIN"""
         ) as copy:
             for p in payments:
                 copy.write_row((
                     p.uuid, p.chain_booking_id, p.customer, p.provider, "", p.amount, p.platform_fee_rate, 0,
-                    scheduled_at, "bench", "PENDING_PAYMENT", "", "", "", "", "", "{}", False, "", now, now, now,
+                    scheduled_at, "bench", "PENDING_PAYMENT", "", "", "", "", "", "{}", False, now, now, now,
                 ))
         cursor.execute(f"SELECT chain_booking_id, id FROM {booking_table}")
         ids = dict(cursor.fetchall())
@@ -327,10 +328,8 @@ class RssSampler:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
-        try:
+        with contextlib.suppress(OSError, RuntimeError):
             self.samples.append((self.samples[-1][0] if self.samples else 0.0, rss_mib(self.pid)))
-        except (OSError, RuntimeError):
-            pass
 
     @property
     def start(self) -> float:

@@ -156,7 +156,7 @@ class Gunicorn:
         self.env = {**os.environ, **env}
         self.process: subprocess.Popen | None = None
 
-    def __enter__(self) -> "Gunicorn":
+    def __enter__(self) -> Gunicorn:
         self.process = subprocess.Popen(self.command, cwd=REPO_ROOT, env=self.env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -37,6 +37,8 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import contextlib
+
 from benchmarks._common import (  # noqa: E402
     AUTH_TUPLE,
     PAY_SELECTOR,
@@ -91,7 +93,7 @@ class System:
                     "--workers", "2", "--timeout", "30"],
         }
         for name, command in commands.items():
-            log = open(self.state_dir / f"{name}.log", "wb")
+            log = open(self.state_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process writes to it until it is stopped)
             self.procs[name] = subprocess.Popen(
                 command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
@@ -106,10 +108,8 @@ class System:
                 if proc.poll() is not None:
                     raise SystemExit(f"{name} exited with {proc.returncode}:\n{self.log(name)[-3000:]}")
             if not web:
-                try:
+                with contextlib.suppress(requests.RequestException):
                     web = requests.get(self.base_url + "/api/health/", timeout=2).status_code in (200, 503)
-                except requests.RequestException:
-                    pass
             scanned = scanned or SyncCursor.objects.exists()
             if time.monotonic() > deadline:
                 raise SystemExit(f"system not ready after {timeout}s (web {web}, scanner ran {scanned})")
@@ -302,7 +302,7 @@ def main() -> int:
         watcher.start()
         providers = bench_addresses("latency-provider", 2 * args.payments)
         clients = [
-            Client(system, chain, c, issue_wallet_token(c).token, p) for c, p in zip(customers, providers)
+            Client(system, chain, c, issue_wallet_token(c).token, p) for c, p in zip(customers, providers, strict=False)
         ]
         scanner_results = run_mode("scanner", clients[: args.payments], watcher, args.flows)
         fast_results = run_mode("fast path", clients[args.payments:], watcher, args.flows)

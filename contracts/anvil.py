@@ -10,6 +10,7 @@ use them only on a local chain.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -69,7 +70,7 @@ class DevAccount(NamedTuple):
 
 
 ANVIL_ACCOUNTS: tuple[DevAccount, ...] = tuple(
-    DevAccount(i, a, k) for i, (a, k) in enumerate(zip(ANVIL_ADDRESSES, ANVIL_PRIVATE_KEYS))
+    DevAccount(i, a, k) for i, (a, k) in enumerate(zip(ANVIL_ADDRESSES, ANVIL_PRIVATE_KEYS, strict=False))
 )
 
 #: Dev roles. DEPLOYER is the escrow owner; SIGNER is the backend EIP-712 signer.
@@ -153,12 +154,12 @@ class AnvilProcess:
             cmd += ["--block-time", str(self.block_time)]
         return cmd + self.extra_args
 
-    def start(self, timeout: float = 30.0) -> "AnvilProcess":
+    def start(self, timeout: float = 30.0) -> AnvilProcess:
         if self.process is not None:
             raise AnvilError("anvil already started")
         attempts = 1 if self._fixed_port else 3
         for attempt in range(attempts):
-            self._log = tempfile.TemporaryFile()
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 (the node writes to it until stop())
             self.process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
@@ -232,7 +233,7 @@ class AnvilProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> "AnvilProcess":
+    def __enter__(self) -> AnvilProcess:
         if self.process is None:
             self.start()
         return self
@@ -241,7 +242,5 @@ class AnvilProcess:
         self.stop()
 
     def __del__(self) -> None:  # best effort: never leave a stray node behind
-        try:
+        with contextlib.suppress(Exception):
             self.stop(timeout=2.0)
-        except Exception:
-            pass

@@ -38,7 +38,7 @@ STATUS_NONE, STATUS_PAID, STATUS_COMPLETED, STATUS_CANCELLED = 0, 1, 2, 3
 STATUS_NAMES = {0: "None", 1: "Paid", 2: "Completed", 3: "Cancelled"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load(name: str) -> dict[str, Any]:
     path = BUILD_DIR / f"{name}.json"
     try:

@@ -11,8 +11,9 @@ and raises ``TransactionFailed`` when its status is not 1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from eth_abi import encode as abi_encode
 from eth_account import Account

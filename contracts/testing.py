@@ -221,11 +221,11 @@ class EscrowChain:
     # -- views ---------------------------------------------------------------------------
     def booking(self, bid: bytes) -> dict[str, Any]:
         (view,) = self.escrow_call("getBooking", [bid], [BOOKING_VIEW_TYPE])
-        return dict(zip(BOOKING_VIEW_FIELDS, view))
+        return dict(zip(BOOKING_VIEW_FIELDS, view, strict=False))
 
     def bookings(self, ids: list[bytes]) -> list[dict[str, Any]]:
         (views,) = self.escrow_call("getBookings", [ids], [BOOKING_VIEW_TYPE + "[]"])
-        return [dict(zip(BOOKING_VIEW_FIELDS, v)) for v in views]
+        return [dict(zip(BOOKING_VIEW_FIELDS, v, strict=False)) for v in views]
 
     def nonce_used(self, nonce: int) -> bool:
         (used,) = self.escrow_call("usedNonces", [nonce], ["bool"])
@@ -350,8 +350,8 @@ class EscrowChain:
             for name, (design_topic, names, types) in DESIGN_EVENTS.items():
                 if topic0 == design_topic:
                     assert len(topics) == 2, f"{name}: only bookingId is indexed"
-                    values = dict(zip(names, abi_decode(types, data)))
-                    for k, t in zip(names, types):
+                    values = dict(zip(names, abi_decode(types, data), strict=False))
+                    for k, t in zip(names, types, strict=False):
                         if t == "address":
                             values[k] = to_checksum_address(values[k])
                     out.append((name, {"bookingId": topics[1], **values}))
@@ -359,7 +359,7 @@ class EscrowChain:
             else:
                 for name, (sig, indexed, plain) in ADMIN_EVENTS.items():
                     if topic0 == "0x" + keccak(text=sig).hex():
-                        vals = [abi_decode([t], topic)[0] for t, topic in zip(indexed, topics[1:])]
+                        vals = [abi_decode([t], topic)[0] for t, topic in zip(indexed, topics[1:], strict=False)]
                         vals += list(abi_decode(plain, data))
                         vals = [to_checksum_address(v) if isinstance(v, str) else v for v in vals]
                         out.append((name, tuple(vals)))

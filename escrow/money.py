@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 
-from common.eth import UINT256_MAX, UNIT, USDC_DECIMALS
+from common.eth import UINT256_MAX, USDC_DECIMALS
 
 BPS = 10_000
 MAX_PLATFORM_FEE_RATE = 2_000

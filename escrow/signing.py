@@ -24,12 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from coincurve import PrivateKey
-from contracts.artifacts import (
-    BOOKING_AUTHORIZATION_TYPE,
-    CANCELLATION_AUTHORIZATION_TYPE,
-    EIP712_DOMAIN_NAME,
-    EIP712_DOMAIN_VERSION,
-)
 from django.conf import settings
 from django.db import connection
 from django.db.models import signals
@@ -37,10 +31,17 @@ from django.utils import timezone
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
+from common.db import server_binding_cursor
 from common.eth import ZERO_ADDRESS
+from contracts.artifacts import (
+    BOOKING_AUTHORIZATION_TYPE,
+    CANCELLATION_AUTHORIZATION_TYPE,
+    EIP712_DOMAIN_NAME,
+    EIP712_DOMAIN_VERSION,
+)
+
 from .models import Booking, SignatureKind, SignatureNonce
 from .money import CancellationSplit
-from common.db import server_binding_cursor
 
 # Created by migration 0003_signature_nonce_sequence.
 NONCE_SEQUENCE = "escrow_signature_nonce_seq"
@@ -64,7 +65,7 @@ class TypedStruct:
     abi_types: tuple[str, ...]
 
     @classmethod
-    def from_type_string(cls, type_string: str) -> "TypedStruct":
+    def from_type_string(cls, type_string: str) -> TypedStruct:
         fields = _fields_of(type_string)
         abi_types = ("bytes32", *("bytes32" if f["type"] == "string" else f["type"] for f in fields))
         return cls(

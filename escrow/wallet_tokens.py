@@ -17,8 +17,9 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from .models import Booking, WalletToken
 from common.db import server_binding_cursor
+
+from .models import Booking, WalletToken
 
 # Longer than any token we issue (43 characters); anything longer is refused without a query.
 MAX_TOKEN_LENGTH = 128

@@ -16,6 +16,7 @@ eth_getLogs is answered with no logs (a node that has not indexed the blocks yet
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -61,10 +62,9 @@ class RpcProxy:
                 else:
                     self.close_connection = True  # HTTP/1.0: the body ends with the connection
                 self.end_headers()
-                try:
+                # The client may stop reading (an answer over its size limit).
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(payload)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client stopped reading (an answer over its size limit)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"

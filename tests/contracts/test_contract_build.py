@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 from eth_account import Account
 from eth_utils import keccak
 

@@ -23,7 +23,7 @@ def test_cancel_with_signed_split(contract_chain, caller):
     before = chain.balances(*who)
     receipt = chain.cancel(auth, key)
     after = chain.balances(*who)
-    assert [a - b for a, b in zip(after, before)] == [70 * USDC, 20 * USDC, 7 * USDC, 3 * USDC, -amount]
+    assert [a - b for a, b in zip(after, before, strict=False)] == [70 * USDC, 20 * USDC, 7 * USDC, 3 * USDC, -amount]
     assert chain.escrow_events(receipt) == [(
         "BookingCancelled",
         {"bookingId": bid, "cancelledBy": sender, "customerAmount": 70 * USDC, "providerAmount": 20 * USDC,

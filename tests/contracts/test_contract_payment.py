@@ -11,7 +11,6 @@ from eth_utils import keccak
 from contracts.anvil import DEPLOYER, SIGNER
 from contracts.artifacts import BOOKING_AUTHORIZATION_TYPE, CANCELLATION_AUTHORIZATION_TYPE, usdc_abi
 from contracts.deploy import mint_usdc
-
 from contracts.testing import (
     CUSTOMER,
     CUSTOMER2,

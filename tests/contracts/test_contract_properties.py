@@ -56,7 +56,7 @@ def test_payout_parts_sum_and_escrow_balance_invariant(contract_chain, bookings)
 
         if any(b["action"] == "operator" for b in bookings):
             chain.increase_time(3600)
-        for i, (bid, b) in enumerate(zip(ids, bookings)):
+        for i, (bid, b) in enumerate(zip(ids, bookings, strict=False)):
             amount = b["amount"]
             customer = CUSTOMER2 if b["customer2"] else CUSTOMER
             if b["action"] in ("complete", "operator"):

@@ -242,11 +242,20 @@ def test_submit_transaction_refuses_bad_input_without_touching_the_chain(clients
     assert field in response.json()
 
 
-@pytest.mark.parametrize("page", ["abc", "0", "-1", "99999999999999999999999999", "1.5"])
+# The schema says page is an integer from 1: DRF's own parsing also took "", "last" and whatever
+# int() reads ("01", "+1", " 1").
+@pytest.mark.parametrize(
+    "page", ["abc", "0", "-1", "99999999999999999999999999", "1.5", "", "last", "01", "+1", " 1", ["1", "1"]]
+)
 def test_list_with_a_bad_page_is_json_404(clients, page):
     response = clients["customer"].get("/api/bookings/", {"page": page})
     assert response.status_code == 404
     assert "detail" in response.json()
+
+
+def test_list_pages_are_numbered_from_1(clients, customer, provider, make_booking):
+    make_booking(customer, provider)
+    assert clients["customer"].get("/api/bookings/", {"page": "1"}).json()["count"] == 1
 
 
 def test_list_ignores_unknown_query_parameters(clients):

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from django.core.cache import cache, caches
-from django.db import connection, transaction
+from django.db import connection
 from django.forms.models import model_to_dict
 from django.test.utils import CaptureQueriesContext
 from redis.client import Redis

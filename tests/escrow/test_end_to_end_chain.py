@@ -156,13 +156,13 @@ def test_pay_replay_expiry_and_cancellation_through_the_api_and_the_contract(cha
     assert {k: int(v) for k, v in cancellation["split"].items()} == expected
     assert cancellation["message"]["customerAmount"] == "50250000" and cancellation["message"]["reason"] == "cannot make it"
 
-    parties = dict(
-        customer=customer.address,
-        provider=provider.address,
-        platform=chain.accounts.fee_recipient.address,
-        inviter=inviter.address,
-        escrow=chain.escrow,
-    )
+    parties = {
+        "customer": customer.address,
+        "provider": provider.address,
+        "platform": chain.accounts.fee_recipient.address,
+        "inviter": inviter.address,
+        "escrow": chain.escrow,
+    }
     before = _balances(chain, **parties)
     receipt = chain.transact(_cancel(chain, cancellation), customer.address)
     after = _balances(chain, **parties)

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from escrow.models import BookingStatus, BookingStatusChange, StatusSource
 from escrow.errors import BookingConflict
+from escrow.models import BookingStatus, BookingStatusChange, StatusSource
 from escrow.services import expire_unused_authorizations, issue_payment_authorization
 from escrow.state import ALLOWED_TRANSITIONS, TERMINAL_STATUSES, IllegalTransition, can_transition, transition
 
@@ -19,7 +19,7 @@ S = BookingStatus
 def test_every_status_is_declared_and_terminal_ones_lead_nowhere():
     assert set(ALLOWED_TRANSITIONS) == set(S.values)
     assert all(target in S.values for targets in ALLOWED_TRANSITIONS.values() for target in targets)
-    assert TERMINAL_STATUSES == {S.COMPLETED, S.CANCELLED, S.FAILED}
+    assert {S.COMPLETED, S.CANCELLED, S.FAILED} == TERMINAL_STATUSES
     assert not can_transition(S.PENDING_PAYMENT, S.COMPLETED)
     assert can_transition(S.PAID, S.PENDING_CANCELLATION)
 
