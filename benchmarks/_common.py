@@ -47,7 +47,9 @@ AUTH_TUPLE = "(bytes32,address,address,address,uint256,uint256,uint256,uint256,u
 PAY_SELECTOR = keccak(text=f"createAndPayBooking({AUTH_TUPLE},bytes)")[:4]
 PAYMENT_GAS = 300_000
 _AUTH_TYPEHASH = keccak(text=BOOKING_AUTHORIZATION_TYPE)
-_AUTH_WORDS = ["bytes32", "bytes32", "address", "address", "address", "uint256", "uint256", "uint256", "uint256", "uint256"]
+_AUTH_WORDS = [
+    "bytes32", "bytes32", "address", "address", "address", "uint256", "uint256", "uint256", "uint256", "uint256",
+]
 _DOMAIN_TYPEHASH = keccak(text="EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)")
 
 
@@ -135,8 +137,12 @@ class BenchChain:
         calls = []
         for c in customers:
             mint = "0x" + encode_call(usdc_abi(), "mint", [c, usdc_each]).hex()
-            calls.append(("eth_sendTransaction", [{"from": c, "to": self.usdc, "data": mint, "gas": hex(100_000), "nonce": "0x0"}]))
-            calls.append(("eth_sendTransaction", [{"from": c, "to": self.usdc, "data": approve, "gas": hex(100_000), "nonce": "0x1"}]))
+            calls.append(("eth_sendTransaction", [
+                {"from": c, "to": self.usdc, "data": mint, "gas": hex(100_000), "nonce": "0x0"},
+            ]))
+            calls.append(("eth_sendTransaction", [
+                {"from": c, "to": self.usdc, "data": approve, "gas": hex(100_000), "nonce": "0x1"},
+            ]))
         hashes = self.batch(calls)
         if not self.automining():
             self.call("evm_mine")

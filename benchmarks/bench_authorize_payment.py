@@ -48,7 +48,6 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 ANVIL_SIGNER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
-ANVIL_OPERATOR_KEY = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a"
 TARGET_RATE = 300.0
 TARGET_RATIO = 0.5
 
@@ -74,7 +73,6 @@ def bench_environment(database: str, redis_url: str, throttle_rate: str) -> dict
         "ESCROW_CONTRACT_ADDRESS": "0xe7f1725E7734CE288F8367e1Bb143E90bb3F0512",
         "USDC_CONTRACT_ADDRESS": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
         "SIGNER_PRIVATE_KEY": ANVIL_SIGNER_KEY,
-        "OPERATOR_PRIVATE_KEY": ANVIL_OPERATOR_KEY,
         "AUTHORIZATION_THROTTLE_RATE": throttle_rate,
         "LOG_LEVEL": "WARNING",
     }
@@ -153,7 +151,9 @@ class Gunicorn:
         ]
         if worker_class == "gthread":
             self.command += ["--threads", str(threads)]
-        self.env = {**os.environ, **env}
+        # The web process refuses keys that send transactions (only the worker holds them).
+        sending_keys = ("OPERATOR_PRIVATE_KEY", "CONTRACT_OWNER_PRIVATE_KEY")
+        self.env = {k: v for k, v in {**os.environ, **env}.items() if k not in sending_keys}
         self.process: subprocess.Popen | None = None
 
     def __enter__(self) -> Gunicorn:
@@ -222,7 +222,9 @@ class HttpConnection:
             lines += [b"Content-Type: application/json", b"Content-Length: " + str(len(body)).encode()]
         return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
-    def request(self, method: bytes, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> tuple[int, bytes]:
+    def request(
+        self, method: bytes, path: str, headers: dict[str, str] | None = None, body: bytes = b"",
+    ) -> tuple[int, bytes]:
         return self.send(self.build(method, path, headers, body))
 
     def send(self, raw: bytes) -> tuple[int, bytes]:
@@ -397,8 +399,10 @@ def main() -> int:
     def authorize_requests(index):
         return authorize_raws[index::args.connections] or authorize_raws
 
-    workers = (f"{args.workers} workers × {args.threads} threads (gthread, keep-alive)" if args.worker_class == "gthread"
-               else f"{args.workers} workers (sync: one request at a time, connection closed after each)")
+    workers = (
+        f"{args.workers} workers × {args.threads} threads (gthread, keep-alive)" if args.worker_class == "gthread"
+        else f"{args.workers} workers (sync: one request at a time, connection closed after each)"
+    )
     say(f"gunicorn bookme.wsgi:application: {workers}; load: {args.connections} connections, "
         f"{args.rounds} rounds × {args.duration:g} s per endpoint")
     rounds: dict[str, list[Measurement]] = {"trivial": [], "authorize": []}

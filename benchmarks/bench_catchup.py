@@ -111,7 +111,9 @@ def mine_payments(chain: BenchChain, payments: list[Payment], per_block: int) ->
     last_block = chain.block_number()
     # Every payment must have succeeded, or the scan would measure something else.
     chain.wait_receipts(last_hashes[-5:])
-    logs = chain.call("eth_getLogs", [{"fromBlock": hex(first_block), "toBlock": hex(last_block), "address": chain.escrow}])
+    logs = chain.call(
+        "eth_getLogs", [{"fromBlock": hex(first_block), "toBlock": hex(last_block), "address": chain.escrow}],
+    )
     if len(logs) != len(payments):
         raise SystemExit(f"only {len(logs)} of {len(payments)} payments produced a log")
     return first_block, last_block
@@ -181,7 +183,9 @@ def web3_get_logs_rate(chain: BenchChain, first_block: int, last_block: int, exp
 def raw_get_logs_seconds(chain: BenchChain, first_block: int, last_block: int) -> float:
     """The node's share: raw eth_getLogs of the same range, JSON parsed, nothing decoded."""
     started = time.perf_counter()
-    logs = chain.call("eth_getLogs", [{"fromBlock": hex(first_block), "toBlock": hex(last_block), "address": chain.escrow}])
+    logs = chain.call(
+        "eth_getLogs", [{"fromBlock": hex(first_block), "toBlock": hex(last_block), "address": chain.escrow}],
+    )
     seconds = time.perf_counter() - started
     assert logs
     return seconds
@@ -231,7 +235,8 @@ def main() -> int:
         from django.core.cache import cache
 
         cache.clear()
-        say(f"anvil {chain.url}, escrow {chain.escrow}, database {args.database}: ready in {time.perf_counter() - t0:.1f} s")
+        say(f"anvil {chain.url}, escrow {chain.escrow}, database {args.database}: "
+            f"ready in {time.perf_counter() - t0:.1f} s")
 
         now = datetime.now(UTC)
         payments = make_payments(args, expiry=int((now + timedelta(days=30)).timestamp()))

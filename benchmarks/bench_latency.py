@@ -94,8 +94,13 @@ class System:
         }
         for name, command in commands.items():
             log = open(self.state_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process writes to it until it is stopped)
+            # As the Procfile: only the worker holds the operator key (web and beat refuse it).
+            env = {**self.env, "BOOKME_PROCESS_ROLE": name}
+            if name != "worker":
+                env.pop("OPERATOR_PRIVATE_KEY", None)
+                env.pop("CONTRACT_OWNER_PRIVATE_KEY", None)
             self.procs[name] = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     def wait_ready(self, timeout: float = 60) -> None:
@@ -147,7 +152,9 @@ class BlockWatcher(threading.Thread):
     def run(self):
         last = -1
         while not self.stopped.is_set():
-            reply = self.session.post(self.chain.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"}).json()
+            reply = self.session.post(
+                self.chain.url, json={"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber"},
+            ).json()
             number = int(reply["result"], 16)
             now = time.time()
             for n in range(last + 1, number + 1):
@@ -182,7 +189,9 @@ class Client:
         return response
 
     def rpc_call(self, method, params):
-        reply = self.rpc.post(self.chain.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=30).json()
+        reply = self.rpc.post(
+            self.chain.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params}, timeout=30,
+        ).json()
         if reply.get("error"):
             raise RuntimeError(f"{method}: {reply['error']}")
         return reply["result"]
@@ -190,7 +199,9 @@ class Client:
     def prepare(self) -> tuple[str, dict]:
         """A booking (API) and its signed authorization (API)."""
         scheduled = (datetime.now(UTC) + timedelta(days=3)).isoformat()
-        booking = self.api("POST", "/api/bookings/", {"provider": self.provider, "amount": "12.34", "scheduled_at": scheduled}).json()
+        booking = self.api(
+            "POST", "/api/bookings/", {"provider": self.provider, "amount": "12.34", "scheduled_at": scheduled},
+        ).json()
         auth = self.api("POST", f"/api/bookings/{booking['id']}/authorize-payment/").json()
         return booking["id"], auth
 
@@ -267,7 +278,8 @@ def summary(name: str, results: list[dict], target: float) -> bool:
     stamps = [r["from_timestamp"] for r in results]
     p50, p95 = percentile(latencies, 50), percentile(latencies, 95)
     ok = p95 <= target
-    say(f"{name}: n={len(latencies)}  p50 {p50 * 1000:.0f} ms  p95 {p95 * 1000:.0f} ms  max {max(latencies) * 1000:.0f} ms"
+    say(f"{name}: n={len(latencies)}  p50 {p50 * 1000:.0f} ms  p95 {p95 * 1000:.0f} ms"
+        f"  max {max(latencies) * 1000:.0f} ms"
         f"   (target p95 <= {target * 1000:.0f} ms: {'met' if ok else 'MISSED'})")
     say(f"    measured from the block timestamp (1 s resolution): p50 {percentile(stamps, 50) * 1000:.0f} ms"
         f"  p95 {percentile(stamps, 95) * 1000:.0f} ms")
@@ -315,7 +327,9 @@ def main() -> int:
         paid = Booking.objects.filter(status="PAID").count()
         sources = dict(ChainEvent.objects.values_list("source").annotate(n=Count("id")))
         say("")
-        overrides = {k: v for k, v in os.environ.items() if k.startswith(("CHAIN_SCAN_", "SCAN_", "CHAIN_CONFIRMATIONS"))}
+        overrides = {
+            k: v for k, v in os.environ.items() if k.startswith(("CHAIN_SCAN_", "SCAN_", "CHAIN_CONFIRMATIONS"))
+        }
         say(f"== latency: payment block mined -> booking PAID via the API ({args.payments} payments per mode, "
             f"{args.flows} concurrent flows, anvil --block-time 1, "
             f"{'settings: ' + str(overrides) if overrides else 'default settings'}) ==")

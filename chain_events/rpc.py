@@ -269,7 +269,9 @@ class RpcClient:
         cooling = sorted((e for e in self.endpoints if e.cooldown_until > now), key=lambda e: e.cooldown_until)
         return healthy + cooling  # try everything rather than fail while all are cooling down
 
-    def _post(self, endpoint: EndpointHealth, calls: list[tuple[str, list]], max_answer_bytes: int | None = None) -> list:
+    def _post(
+        self, endpoint: EndpointHealth, calls: list[tuple[str, list]], max_answer_bytes: int | None = None,
+    ) -> list:
         ids = [next(self._ids) for _ in calls]
         payload = [{"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in zip(ids, calls, strict=False)]
         body = payload[0] if len(payload) == 1 else payload

@@ -202,7 +202,9 @@ class EscrowChain:
     def escrow_call(self, fn: str, args: list, out_types: list[str], sender: str | None = None):
         return self.call(self.dep.escrow, escrow_abi(), fn, args, out_types, sender)
 
-    def expect_revert(self, fn: str, args: list, key: str, *, to: str | None = None, abi: list | None = None) -> Reverted:
+    def expect_revert(
+        self, fn: str, args: list, key: str, *, to: str | None = None, abi: list | None = None,
+    ) -> Reverted:
         """Assert that sending ``fn(args)`` from ``key`` reverts; return the decoded error."""
         try:
             receipt = self.send(to or self.dep.escrow, abi or escrow_abi(), fn, args, key)

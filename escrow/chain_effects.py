@@ -443,8 +443,13 @@ def _write_fees(cursor, plans: list[BookingPlan], now) -> None:
                 FROM unnest(%b::bigint[], %b::numeric[], %b::numeric[], %b::numeric[], %b::text[])
                     AS u(id, platform, inviter, provider, tx_hash)
                 WHERE f.id = u.id""",
-            [[p.fee.id for p in update], [p.fee.platform_amount for p in update], [p.fee.inviter_amount for p in update],
-             [p.fee.provider_amount for p in update], [p.fee.tx_hash for p in update]],
+            [
+                [p.fee.id for p in update],
+                [p.fee.platform_amount for p in update],
+                [p.fee.inviter_amount for p in update],
+                [p.fee.provider_amount for p in update],
+                [p.fee.tx_hash for p in update],
+            ],
         )
     create = [p for p in plans if p.fee is not None and p.fee.id is None]
     if create:

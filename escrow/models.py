@@ -71,7 +71,9 @@ class Booking(models.Model):
         # lookups are staff searches (case-insensitive, which a plain index cannot serve anyway).
         indexes = [
             models.Index(fields=["status", "scheduled_at"]),
-            models.Index(fields=["needs_attention"], condition=models.Q(needs_attention=True), name="booking_needs_attention"),
+            models.Index(
+                fields=["needs_attention"], condition=models.Q(needs_attention=True), name="booking_needs_attention",
+            ),
         ]
 
     def __str__(self):

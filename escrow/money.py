@@ -114,7 +114,9 @@ class CancellationSplit:
         return self.customer + self.provider + self.platform + self.inviter
 
 
-def split_cancellation(amount: int, refund_bps: int, platform_fee_rate: int, inviter_fee_rate: int) -> CancellationSplit:
+def split_cancellation(
+    amount: int, refund_bps: int, platform_fee_rate: int, inviter_fee_rate: int,
+) -> CancellationSplit:
     """The customer gets `refund_bps` of the amount (rounded down); the rest is paid out like
     a completion of that smaller amount (`split_completion`): fees round down at the booking's
     rates and the provider gets the remainder. The parts therefore sum to `amount` exactly,

@@ -143,7 +143,9 @@ def create_booking(
 
 
 # -- authorizations -----------------------------------------------------------------------
-def issue_payment_authorization(booking: Booking, *, actor: str = "", now: datetime | None = None) -> SignedAuthorization:
+def issue_payment_authorization(
+    booking: Booking, *, actor: str = "", now: datetime | None = None,
+) -> SignedAuthorization:
     """Sign a fresh BookingAuthorization (new nonce, new expiry; nothing earlier is re-served).
 
     Only while the booking awaits payment (PENDING_PAYMENT, or EXPIRED which goes back to
@@ -191,7 +193,9 @@ def request_cancellation(
             # ours. Two executable splits at once would let the wallet pick the better one.
             cutoff = now - timedelta(seconds=settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS)
             live = (
-                booking.signatures.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=cutoff, consumed_at__isnull=True)
+                booking.signatures.filter(
+                    kind=SignatureKind.CANCELLATION, expires_at__gt=cutoff, consumed_at__isnull=True,
+                )
                 .order_by("-expires_at")
                 .first()
             )

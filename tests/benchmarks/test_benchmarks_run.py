@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
     ("script", "args", "figure"),
     [
         ("bench_authorize_payment.py",
-         ["--duration", "1", "--warmup", "0.2", "--rounds", "1", "--wallets", "4", "--database", "bookme_bench_smoke_auth"],
+         ["--duration", "1", "--warmup", "0.2", "--rounds", "1", "--wallets", "4",
+          "--database", "bookme_bench_smoke_auth"],
          "ratio authorize/trivial"),
         ("bench_catchup.py", ["--events", "400", "--per-block", "100", "--database", "bookme_bench_smoke_catchup"],
          "applied events/s"),

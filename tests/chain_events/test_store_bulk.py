@@ -1,5 +1,6 @@
-"""The catch-up hot path: the precompiled decoders and JSON template agree with plain eth_abi, COPY of new event rows falls back
-to the upsert when some are stored already, and a long catch-up probes and prefetches ranges."""
+"""The catch-up hot path: the precompiled decoders and JSON template agree with plain eth_abi,
+COPY of new event rows falls back to the upsert when some are stored already, and a long
+catch-up probes and prefetches ranges."""
 from __future__ import annotations
 
 import json

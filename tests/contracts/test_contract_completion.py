@@ -37,7 +37,8 @@ def test_customer_completion_pays_out(contract_chain, amount, inviter, platform_
 
     provider_amount, platform_fee, inviter_fee = _split(amount, platform_rate, inviter_rate)
     assert provider_amount + platform_fee + inviter_fee == amount
-    assert [a - b for a, b in zip(after, before, strict=False)] == [provider_amount, platform_fee, inviter_fee, -amount, 0]
+    changes = [a - b for a, b in zip(after, before, strict=False)]
+    assert changes == [provider_amount, platform_fee, inviter_fee, -amount, 0]
     assert chain.escrow_events(receipt) == [(
         "ServiceCompleted",
         {"bookingId": bid, "provider": PROVIDER.address, "providerAmount": provider_amount,

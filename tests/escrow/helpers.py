@@ -79,7 +79,9 @@ def sign_in(account, *, client: APIClient | None = None, chain_id: int = 31337) 
     nonce_response = client.post("/api/auth/nonce/", format="json")
     assert nonce_response.status_code == 201, nonce_response.content
     message = siwe_message(account.address, nonce_response.json()["nonce"], chain_id=chain_id)
-    response = client.post("/api/auth/verify/", {"message": message, "signature": personal_sign(account, message)}, format="json")
+    response = client.post(
+        "/api/auth/verify/", {"message": message, "signature": personal_sign(account, message)}, format="json",
+    )
     assert response.status_code == 200, response.content
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {response.json()['token']}")
     return client

@@ -173,7 +173,9 @@ def test_statements_are_prepared_again_on_a_new_connection(customer, provider, m
 @pytest.mark.django_db(transaction=True)
 def test_behind_a_transaction_pooler_nothing_is_prepared(monkeypatch, customer, provider, make_booking):
     # What DATABASE_PREPARED_STATEMENTS=false configures (settings.DATABASES).
-    monkeypatch.setitem(connection.settings_dict, "OPTIONS", {**connection.settings_dict["OPTIONS"], "prepare_threshold": None})
+    monkeypatch.setitem(
+        connection.settings_dict, "OPTIONS", {**connection.settings_dict["OPTIONS"], "prepare_threshold": None},
+    )
     connection.close()
     booking = make_booking(customer, provider)
     token = issue_wallet_token(customer.address).token
@@ -194,7 +196,9 @@ def test_the_direct_body_equals_the_documented_serializer(customer, provider, in
 
 
 @pytestmark_db
-def test_an_expired_booking_still_goes_back_to_pending_payment_through_the_fast_path(clients, customer, provider, make_booking):
+def test_an_expired_booking_still_goes_back_to_pending_payment_through_the_fast_path(
+    clients, customer, provider, make_booking,
+):
     booking = make_booking(customer, provider)
     transition(booking, BookingStatus.EXPIRED, source=StatusSource.API)
     response = clients["customer"].post(f"/api/bookings/{booking.uuid}/authorize-payment/", format="json")

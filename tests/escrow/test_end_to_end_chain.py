@@ -35,7 +35,9 @@ def _refusal(chain, contract_function, sender: str) -> tuple[str, tuple]:
     """What the contract says to this call: eth_call for the decoded custom error, then the real
     transaction, which must be mined and reverted (status 0)."""
     tx = contract_function.build_transaction({"from": sender, "gas": TX_GAS})
-    answer = chain.w3.provider.make_request("eth_call", [{"from": sender, "to": tx["to"], "data": tx["data"]}, "latest"])
+    answer = chain.w3.provider.make_request(
+        "eth_call", [{"from": sender, "to": tx["to"], "data": tx["data"]}, "latest"],
+    )
     error = answer.get("error")
     assert error, f"the contract accepted the call: {answer}"
     decoded = decode_revert(error.get("data"))
@@ -154,7 +156,8 @@ def test_pay_replay_expiry_and_cancellation_through_the_api_and_the_contract(cha
     # 100.50 USDC: 50.25 back; of the 50.25 kept, 5 % platform, 5 % inviter, the provider the rest.
     expected = {"customer": 50_250_000, "provider": 45_225_000, "platform": 2_512_500, "inviter": 2_512_500}
     assert {k: int(v) for k, v in cancellation["split"].items()} == expected
-    assert cancellation["message"]["customerAmount"] == "50250000" and cancellation["message"]["reason"] == "cannot make it"
+    assert cancellation["message"]["customerAmount"] == "50250000"
+    assert cancellation["message"]["reason"] == "cannot make it"
 
     parties = {
         "customer": customer.address,
@@ -184,7 +187,11 @@ def test_a_booking_past_its_time_gets_no_new_authorization(chain_settings):
     api = sign_in(customer, chain_id=chain.chain_id)
     response = api.post(
         "/api/bookings/",
-        {"provider": provider.address, "amount": "12", "scheduled_at": (timezone.now() + timedelta(hours=1)).isoformat()},
+        {
+            "provider": provider.address,
+            "amount": "12",
+            "scheduled_at": (timezone.now() + timedelta(hours=1)).isoformat(),
+        },
         format="json",
     )
     assert response.status_code == 201, response.content

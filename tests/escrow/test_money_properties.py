@@ -10,6 +10,7 @@ from django.test import override_settings
 from hypothesis import given
 from hypothesis import strategies as st
 
+from common.eth import format_amount
 from escrow.cancellation import CUSTOMER, PROVIDER, cancellation_terms
 from escrow.errors import InvalidInput
 from escrow.models import Booking
@@ -20,7 +21,6 @@ from escrow.money import (
     UINT256_MAX,
     AmountError,
     check_fee_rates,
-    format_amount,
     parse_amount,
     split_cancellation,
     split_completion,
@@ -109,7 +109,9 @@ def policies(draw):
     requested_by=st.sampled_from([CUSTOMER, PROVIDER]),
     policy=policies(),
 )
-def test_cancellation_policy_pays_out_exactly_the_amount(amount, rate, stray_inviter_rate, lead_seconds, requested_by, policy):
+def test_cancellation_policy_pays_out_exactly_the_amount(
+    amount, rate, stray_inviter_rate, lead_seconds, requested_by, policy,
+):
     platform_rate, inviter_rate, has_inviter = rate
     booking = Booking(
         customer_address="0x" + "11" * 20,
@@ -143,7 +145,9 @@ def test_cancellation_policy_pays_out_exactly_the_amount(amount, rate, stray_inv
 )
 def test_cancelling_later_never_refunds_more_with_the_default_policy(early, later_by):
     """With the default thresholds (full > 24 h, 50 % from 24 h to 2 h, then nothing)."""
-    booking = Booking(amount=10**9, platform_fee_rate=1000, inviter_fee_rate=0, scheduled_at=NOW + timedelta(seconds=early))
+    booking = Booking(
+        amount=10**9, platform_fee_rate=1000, inviter_fee_rate=0, scheduled_at=NOW + timedelta(seconds=early),
+    )
     sooner = cancellation_terms(booking, requested_by=CUSTOMER, now=NOW)
     later = cancellation_terms(booking, requested_by=CUSTOMER, now=NOW + timedelta(seconds=later_by))
     assert later.split.customer <= sooner.split.customer
@@ -152,7 +156,11 @@ def test_cancelling_later_never_refunds_more_with_the_default_policy(early, late
 # -- rate rules and amount parsing ---------------------------------------------------------------
 @given(platform=st.integers(-5000, 5000), inviter=st.integers(-5000, 5000), has_inviter=st.booleans())
 def test_fee_rates_are_accepted_exactly_within_the_caps(platform, inviter, has_inviter):
-    allowed = 0 <= platform <= MAX_PLATFORM_FEE_RATE and 0 <= inviter <= MAX_INVITER_FEE_RATE and (has_inviter or inviter == 0)
+    allowed = (
+        0 <= platform <= MAX_PLATFORM_FEE_RATE
+        and 0 <= inviter <= MAX_INVITER_FEE_RATE
+        and (has_inviter or inviter == 0)
+    )
     if allowed:
         check_fee_rates(platform, inviter, has_inviter=has_inviter)
     else:

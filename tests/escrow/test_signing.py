@@ -54,7 +54,9 @@ def test_payment_authorization_matches_eth_account_byte_for_byte(customer, provi
     assert "signature" not in record.payload
 
 
-def test_cancellation_authorization_matches_eth_account_with_a_unicode_reason(customer, provider, make_booking, settings):
+def test_cancellation_authorization_matches_eth_account_with_a_unicode_reason(
+    customer, provider, make_booking, settings,
+):
     booking = make_booking(customer, provider)
     split = split_cancellation(int(booking.amount), 5000, booking.platform_fee_rate, 0)
     signed = sign_cancellation_authorization(booking, split, "Grippe — désolé 🤒")
@@ -72,7 +74,9 @@ def test_a_split_that_does_not_sum_to_the_amount_is_never_signed(customer, provi
 
 
 @pytest.mark.chain
-def test_the_contract_computes_the_same_digests_and_trusts_our_signer(chain_settings, customer, provider, inviter, make_booking):
+def test_the_contract_computes_the_same_digests_and_trusts_our_signer(
+    chain_settings, customer, provider, inviter, make_booking,
+):
     chain = chain_settings
     escrow = chain.escrow_contract.functions
     assert escrow.signer().call() == signer_address()

@@ -25,7 +25,9 @@ def test_every_status_is_declared_and_terminal_ones_lead_nowhere():
 
 
 @pytest.mark.parametrize("source", [StatusSource.API, StatusSource.ADMIN])
-def test_an_illegal_transition_from_the_api_or_staff_raises_and_changes_nothing(customer, provider, make_booking, source):
+def test_an_illegal_transition_from_the_api_or_staff_raises_and_changes_nothing(
+    customer, provider, make_booking, source,
+):
     booking = make_booking(customer, provider)
     with pytest.raises(IllegalTransition, match="cannot go from PENDING_PAYMENT to COMPLETED"):
         transition(booking, S.COMPLETED, source=source, actor="wallet:x")
@@ -54,11 +56,15 @@ def test_every_transition_is_audited_with_source_actor_and_tx(customer, provider
         (S.COMPLETED, "cannot go from COMPLETED to PENDING_CANCELLATION"),
     ],
 )
-def test_the_api_answers_an_illegal_transition_with_409_and_a_message(clients, customer, provider, make_booking, status, detail):
+def test_the_api_answers_an_illegal_transition_with_409_and_a_message(
+    clients, customer, provider, make_booking, status, detail,
+):
     booking = make_booking(customer, provider)
     if status != S.PENDING_PAYMENT:
         transition(booking, status, source=StatusSource.CHAIN)
-    response = clients["customer"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    response = clients["customer"].post(
+        f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json",
+    )
     assert response.status_code == 409
     body = response.json()
     assert detail in body["detail"]
@@ -110,7 +116,9 @@ def test_a_lapsed_cancellation_never_undoes_a_chain_completion(clients, customer
     settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS = 0
     booking = make_booking(customer, provider)
     transition(booking, S.PAID, source=StatusSource.CHAIN)
-    response = clients["customer"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    response = clients["customer"].post(
+        f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json",
+    )
     assert response.json()["booking_status"] == S.PENDING_CANCELLATION
     # Meanwhile the customer completed the service on chain: the chain's COMPLETED applies.
     transition(booking, S.COMPLETED, source=StatusSource.CHAIN)
@@ -125,7 +133,9 @@ def test_a_lapsed_cancellation_returns_the_booking_to_where_it_was(clients, cust
     booking = make_booking(customer, provider)
     transition(booking, S.PAID, source=StatusSource.CHAIN)
     clients["provider"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "ill"}, format="json")
-    again = clients["customer"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    again = clients["customer"].post(
+        f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json",
+    )
     assert again.status_code == 409 and "already outstanding" in again.json()["detail"]
     assert expire_unused_authorizations(now=timezone.now() + timedelta(hours=1))["cancellation_lapsed"] == 1
     booking.refresh_from_db()
@@ -142,10 +152,14 @@ def test_new_cancellation_terms_wait_for_the_grace_after_the_last_ones_expire(
     settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS = 120
     booking = make_booking(customer, provider)
     transition(booking, S.PAID, source=StatusSource.CHAIN)
-    first = clients["customer"].post(f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    first = clients["customer"].post(
+        f"/api/bookings/{booking.uuid}/request-cancellation/", {"reason": "x"}, format="json",
+    )
     assert first.status_code == 200, first.content
     expiry = booking.signatures.get(kind="cancellation").expires_at
     with pytest.raises(BookingConflict):
         request_cancellation(booking, requested_by="customer", reason="again", now=expiry + timedelta(seconds=60))
-    signed, _ = request_cancellation(booking, requested_by="customer", reason="again", now=expiry + timedelta(seconds=121))
+    signed, _ = request_cancellation(
+        booking, requested_by="customer", reason="again", now=expiry + timedelta(seconds=121),
+    )
     assert booking.signatures.filter(kind="cancellation").count() == 2
