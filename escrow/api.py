@@ -7,11 +7,13 @@ session) can read every booking and act on none (they work in the admin). Anyone
 """
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 
 from django.conf import settings
 from django.db.models import prefetch_related_objects
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, status
 from rest_framework.authentication import SessionAuthentication
@@ -27,11 +29,13 @@ from .authentication import NOT_LOADED, WalletTokenAuthentication, booking_loade
 from .cancellation import CUSTOMER, PROVIDER
 from .models import Booking
 from .permissions import IsWallet, IsWalletOrStaff
+from .schema import refusals
 from .serializers import (
     BookingCreateSerializer,
     BookingSerializer,
     CancellationAuthorizationSerializer,
     CancellationRequestSerializer,
+    ErrorSerializer,
     PaymentAuthorizationSerializer,
     SignInNonceSerializer,
     SignInSerializer,
@@ -57,15 +61,7 @@ from .wallet_tokens import issue_wallet_token, revoke_wallet_token
 
 API_AUTHENTICATION = [WalletTokenAuthentication, SessionAuthentication]
 
-_ERRORS = {
-    400: OpenApiResponse(description="Bad input: {field: [reason]} or {detail}"),
-    401: OpenApiResponse(description="Not signed in"),
-    403: OpenApiResponse(description="Signed in, but this role may not do this"),
-    404: OpenApiResponse(description="No such booking visible to the caller"),
-}
-_CONFLICT = {409: OpenApiResponse(description="The booking's status does not allow this: {detail, status}")}
-_THROTTLED = {429: OpenApiResponse(description="Too many requests; see Retry-After")}
-_BOOKING_ID = OpenApiParameter("booking_id", str, OpenApiParameter.PATH, description="booking UUID")
+_BOOKING_ID = OpenApiParameter("booking_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="booking UUID")
 
 
 class EmptyBodySerializer(StrictSerializer):
@@ -80,12 +76,43 @@ def _check_empty_body(request) -> None:
 
 
 class BookingPagination(PageNumberPagination):
+    """50 bookings a page. `page` is a page number (1, 2, ...), as the schema says; anything else
+    is a 404 like a page past the last. DRF's own parsing also took "", "last", whatever int()
+    reads ("01", "+1", " 1") and a repeated `page`."""
+
     page_size = 50
+    _PAGE_NUMBER = re.compile(r"[1-9][0-9]*")
+
+    def get_page_number(self, request, paginator):
+        given = request.query_params.getlist(self.page_query_param)
+        if not given:
+            return 1
+        if len(given) > 1 or not self._PAGE_NUMBER.fullmatch(given[0]):
+            raise NotFound(self.invalid_page_message)
+        return int(given[0])
+
+    def get_schema_operation_parameters(self, view):
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_query_param:
+                parameter["schema"]["minimum"] = 1
+        return parameters
 
 
 @extend_schema_view(
-    list=extend_schema(summary="The caller's bookings (as customer or provider; staff: all)", responses={200: BookingSerializer(many=True), **_ERRORS}),
-    retrieve=extend_schema(summary="One booking with its status history", parameters=[_BOOKING_ID], responses={200: BookingSerializer, **_ERRORS}),
+    list=extend_schema(
+        summary="The caller's bookings (as customer or provider; staff: all)",
+        responses={
+            200: BookingSerializer(many=True),
+            **refusals(401, 403),
+            404: OpenApiResponse(ErrorSerializer, "No such page"),
+        },
+    ),
+    retrieve=extend_schema(
+        summary="One booking with its status history",
+        parameters=[_BOOKING_ID],
+        responses={200: BookingSerializer, **refusals(401, 403, 404)},
+    ),
 )
 class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericViewSet):
     authentication_classes = API_AUTHENTICATION
@@ -103,6 +130,11 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         if self.action in ("list", "retrieve"):
             queryset = queryset.prefetch_related("status_changes")
         return queryset
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [WalletWriteThrottle()]
+        return super().get_throttles()
 
     def get_object(self) -> Booking:
         try:
@@ -126,22 +158,21 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         description=(
             "Amount: a decimal string of whole USDC (\"100.50\", at most 6 decimals) or an integer of "
             "base units. Fee rates are not chosen by the client: 1000 bps with no inviter, 500 + 500 with one "
-            "(settings DEFAULT_*_FEE_RATE). scheduled_at must be in the future and carry a time zone."
+            "(settings DEFAULT_*_FEE_RATE). Refused with a 400 besides what the schema states: scheduled_at "
+            "in the past or more than BOOKING_MAX_DAYS_AHEAD days ahead, the provider or the inviter being the "
+            "customer, the inviter being the provider."
         ),
         request=BookingCreateSerializer,
-        responses={201: BookingSerializer, **_ERRORS, **_THROTTLED},
+        responses={201: BookingSerializer, **refusals(400, 401, 403, 413, 415, 429)},
     )
-    def get_throttles(self):
-        if self.action == "create":
-            return [WalletWriteThrottle()]
-        return super().get_throttles()
-
     def create(self, request):
         if not is_wallet(request.user):
             raise PermissionDenied("Only a signed-in wallet can book; it becomes the booking's customer.")
         serializer = BookingCreateSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        booking = create_booking(customer=request.user.address, actor=actor_label(request.user), **serializer.validated_data)
+        booking = create_booking(
+            customer=request.user.address, actor=actor_label(request.user), **serializer.validated_data
+        )
         return Response(BookingSerializer(booking).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
@@ -153,7 +184,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         ),
         parameters=[_BOOKING_ID],
         request=None,
-        responses={200: PaymentAuthorizationSerializer, **_ERRORS, **_CONFLICT, **_THROTTLED},
+        responses={200: PaymentAuthorizationSerializer, **refusals(400, 401, 403, 404, 409, 413, 415, 429)},
     )
     @action(detail=True, methods=["post"], url_path="authorize-payment", throttle_classes=[WalletAuthorizationThrottle])
     def authorize_payment(self, request, booking_id=None):
@@ -174,9 +205,11 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         ),
         parameters=[_BOOKING_ID],
         request=CancellationRequestSerializer,
-        responses={200: CancellationAuthorizationSerializer, **_ERRORS, **_CONFLICT, **_THROTTLED},
+        responses={200: CancellationAuthorizationSerializer, **refusals(400, 401, 403, 404, 409, 413, 415, 429)},
     )
-    @action(detail=True, methods=["post"], url_path="request-cancellation", throttle_classes=[WalletAuthorizationThrottle])
+    @action(
+        detail=True, methods=["post"], url_path="request-cancellation", throttle_classes=[WalletAuthorizationThrottle]
+    )
     def request_cancellation(self, request, booking_id=None):
         booking = self.get_object()
         role = require_role(booking, request.user, {CUSTOMER, PROVIDER}, "request its cancellation")
@@ -208,9 +241,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         responses={
             200: TransactionSubmissionSerializer,
             202: TransactionSubmissionSerializer,
-            **_ERRORS,
-            503: OpenApiResponse(description="The chain node is unavailable"),
-            **_THROTTLED,
+            **refusals(400, 401, 403, 404, 413, 415, 429, 503),
         },
     )
     @action(detail=True, methods=["post"], url_path="submit-transaction", throttle_classes=[WalletWriteThrottle])
@@ -233,7 +264,7 @@ class SignInNonceView(APIView):
     @extend_schema(
         summary="Start Sign-In with Ethereum: a single-use nonce for the EIP-4361 message",
         request=None,
-        responses={201: SignInNonceSerializer, 400: _ERRORS[400], **_THROTTLED},
+        responses={201: SignInNonceSerializer, **refusals(400, 413, 415, 429)},
     )
     def post(self, request):
         _check_empty_body(request)
@@ -254,14 +285,16 @@ class SignInView(APIView):
     @extend_schema(
         summary="Finish Sign-In with Ethereum: verify the signed EIP-4361 message, get a bearer token",
         request=SignInSerializer,
-        responses={200: WalletTokenSerializer, 400: _ERRORS[400], **_THROTTLED},
+        responses={200: WalletTokenSerializer, **refusals(400, 413, 415, 429, 503)},
     )
     def post(self, request):
         serializer = SignInSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         message = verify_sign_in(serializer.validated_data["message"], serializer.validated_data["signature"])
         issued = issue_wallet_token(message.address, not_after=message.expiration_time)
-        body = {"token": issued.token, "token_type": "Bearer", "address": issued.address, "expires_at": issued.expires_at}
+        body = {
+            "token": issued.token, "token_type": "Bearer", "address": issued.address, "expires_at": issued.expires_at
+        }
         return Response(WalletTokenSerializer(body).data)
 
 
@@ -269,7 +302,9 @@ class SignOutView(APIView):
     authentication_classes = [WalletTokenAuthentication]
     permission_classes = [IsWallet]
 
-    @extend_schema(summary="Revoke the bearer token used for this request", request=None, responses={204: None, 401: _ERRORS[401]})
+    @extend_schema(
+        summary="Revoke the bearer token used for this request", request=None, responses={204: None, **refusals(401)}
+    )
     def post(self, request):
         revoke_wallet_token(request.auth)
         return Response(status=status.HTTP_204_NO_CONTENT)
@@ -279,7 +314,7 @@ class WalletSessionView(APIView):
     authentication_classes = [WalletTokenAuthentication]
     permission_classes = [IsWallet]
 
-    @extend_schema(summary="The signed-in wallet", responses={200: WalletSessionSerializer, 401: _ERRORS[401]})
+    @extend_schema(summary="The signed-in wallet", responses={200: WalletSessionSerializer, **refusals(401)})
     def get(self, request):
         body = {"address": request.user.address, "token_expires_at": request.auth.expires_at}
         return Response(WalletSessionSerializer(body).data)

@@ -4,8 +4,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from drf_spectacular.plumbing import build_bearer_security_scheme_object
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 
@@ -102,11 +100,3 @@ def booking_loaded_with_token(request, booking_uuid: uuid.UUID):
     if loaded is None or loaded[0] != booking_uuid:
         return NOT_LOADED
     return loaded[1]
-
-
-class WalletTokenScheme(OpenApiAuthenticationExtension):
-    target_class = WalletTokenAuthentication
-    name = "walletToken"
-
-    def get_security_definition(self, auto_schema):
-        return build_bearer_security_scheme_object(header_name="Authorization", token_prefix="Bearer")

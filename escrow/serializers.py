@@ -4,18 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from drf_spectacular.types import OpenApiTypes
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from common.audit import MAX_REASON_LENGTH
+from common.eth import UINT256_MAX, format_amount
+
 from .addresses import normalize_address
 from .errors import InvalidInput
-from .models import Booking, BookingStatusChange
-from common.eth import format_amount
-
+from .models import Booking, BookingStatus, BookingStatusChange
 from .money import AmountError, parse_amount
-from common.audit import MAX_REASON_LENGTH
-
 from .services import MAX_DESCRIPTION_LENGTH, SUBMISSION_STATUSES, normalize_tx_hash
 from .siwe import MAX_MESSAGE_LENGTH
 
@@ -24,6 +23,7 @@ class StrictSerializer(serializers.Serializer):
     """Refuses fields it does not declare, so a typo ("ammount") is an error, not a silent default.
 
     `refused_fields` gives a specific reason for fields clients may expect to set but cannot.
+    Its schema says `additionalProperties: false` (escrow.schema).
     """
 
     refused_fields: dict[str, str] = {}
@@ -39,11 +39,30 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+class StringField(serializers.CharField):
+    """Text input that must be a JSON string: DRF's CharField also takes a number and makes it
+    text, which the schema's `type: string` does not allow. Its schema (escrow.schema) also states
+    what CharField refuses: NUL characters, and blank text unless allow_blank."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 @extend_schema_field(
-    {"type": "string", "pattern": "^0x[0-9a-fA-F]{40}$", "example": "0x90F79bf6EB2c4f870365E785982E1f101E93b906"}
+    {
+        "type": "string",
+        # A custom format: the pattern cannot check an EIP-55 checksum.
+        "format": "ethereum-address",
+        "pattern": "^0x(?!0{40}$)[0-9a-fA-F]{40}$",
+        "description": "0x address: EIP-55 checksummed, or all lower (or upper) case; not the zero address. "
+        "Answers give it checksummed.",
+        "example": "0x90F79bf6EB2c4f870365E785982E1f101E93b906",
+    }
 )
 class AddressField(serializers.Field):
-    """0x address, checksummed or all one case; returned in EIP-55 form."""
+    """0x address, checksummed or all one case; returned in EIP-55 form (None for none)."""
 
     default_error_messages = {"type": "Must be a string."}
 
@@ -62,8 +81,14 @@ class AddressField(serializers.Field):
 @extend_schema_field(
     {
         "oneOf": [
-            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,6})?$", "description": "whole USDC, e.g. \"100.50\""},
-            {"type": "integer", "minimum": 1, "description": "USDC base units (6 decimals)"},
+            {
+                "type": "string",
+                # Surrounding white space is ignored; at least one digit is not 0 (escrow.money.parse_amount).
+                # Up to 71 whole digits: 10^71 USDC in base units still fits a uint256.
+                "pattern": r"^\s*(?=[0-9.]*[1-9])([0-9]{1,71}(\.[0-9]{0,6})?|\.[0-9]{1,6})\s*$",
+                "description": "whole USDC, plain digits with at most 6 decimals, e.g. \"100.50\"",
+            },
+            {"type": "integer", "minimum": 1, "maximum": UINT256_MAX, "description": "USDC base units (6 decimals)"},
         ]
     }
 )
@@ -87,8 +112,6 @@ class AwareDateTimeField(serializers.DateTimeField):
 
     def to_internal_value(self, value):
         if isinstance(value, str):
-            from django.utils.dateparse import parse_datetime
-
             try:
                 parsed = parse_datetime(value)
             except ValueError:
@@ -98,34 +121,62 @@ class AwareDateTimeField(serializers.DateTimeField):
         return super().to_internal_value(value)
 
 
+@extend_schema_field({"type": "string", "pattern": "^0x[0-9a-fA-F]{64}$"})
+class TxHashField(StringField):
+    """A transaction hash: 0x and 64 hex digits, in either case; normalised to lower case."""
+
+    def to_internal_value(self, data):
+        try:
+            return normalize_tx_hash(super().to_internal_value(data))
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.reason) from None
+
+
 # -- bookings -------------------------------------------------------------------------------
 class BookingCreateSerializer(StrictSerializer):
+    """A new booking; the signed-in wallet is its customer."""
+
     refused_fields = {
         "customer": "The customer is the signed-in wallet; it cannot be chosen.",
         "platform_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
         "inviter_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
     }
 
-    provider = AddressField()
-    inviter = AddressField(required=False, allow_null=True, help_text="omit or null when nobody invited the customer")
+    provider = AddressField(help_text="not the customer (the signed-in wallet)")
+    inviter = AddressField(
+        required=False, allow_null=True,
+        help_text="omit or null when nobody invited the customer; neither the customer nor the provider",
+    )
     amount = AmountField()
-    scheduled_at = AwareDateTimeField()
-    description = serializers.CharField(max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True, default="")
+    scheduled_at = AwareDateTimeField(
+        help_text="in the future, at most BOOKING_MAX_DAYS_AHEAD (366) days ahead, with a UTC offset"
+    )
+    description = StringField(max_length=MAX_DESCRIPTION_LENGTH, required=False, allow_blank=True, default="")
+
+
+_STATUS_OR_BLANK = {"choices": BookingStatus.choices, "allow_blank": True, "read_only": True}
 
 
 class StatusChangeSerializer(serializers.ModelSerializer):
+    from_status = serializers.ChoiceField(**_STATUS_OR_BLANK, help_text="blank for the booking's creation")
+
     class Meta:
         model = BookingStatusChange
         fields = ["from_status", "to_status", "source", "tx_hash", "note", "created_at"]
+        read_only_fields = fields
 
 
 class BookingSerializer(serializers.ModelSerializer):
     id = serializers.UUIDField(source="uuid", read_only=True)
-    customer = serializers.CharField(source="customer_address", read_only=True)
-    provider = serializers.CharField(source="provider_address", read_only=True)
-    inviter = serializers.SerializerMethodField()
+    customer = AddressField(source="customer_address", read_only=True)
+    provider = AddressField(source="provider_address", read_only=True)
+    inviter = AddressField(source="inviter_address", read_only=True, allow_null=True, help_text="null when none")
     amount = serializers.SerializerMethodField(help_text="USDC base units, as a decimal string")
     amount_decimal = serializers.SerializerMethodField(help_text="whole USDC with 6 decimals, e.g. \"100.500000\"")
+    status_before_cancellation = serializers.ChoiceField(
+        **_STATUS_OR_BLANK, help_text="where a PENDING_CANCELLATION booking returns if its authorization lapses; "
+        "blank otherwise",
+    )
     status_history = StatusChangeSerializer(source="status_changes", many=True, read_only=True)
 
     class Meta:
@@ -156,13 +207,11 @@ class BookingSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    @extend_schema_field(OpenApiTypes.STR)
-    def get_inviter(self, booking) -> str | None:
-        return booking.inviter_address or None
-
+    @extend_schema_field({"type": "string", "pattern": "^[0-9]+$"})
     def get_amount(self, booking) -> str:
         return str(int(booking.amount))
 
+    @extend_schema_field({"type": "string", "pattern": "^[0-9]+\\.[0-9]{6}$"})
     def get_amount_decimal(self, booking) -> str:
         return format_amount(int(booking.amount))
 
@@ -204,7 +253,9 @@ class SignedAuthorizationSerializer(serializers.Serializer):
     booking = serializers.UUIDField(source="record.booking.uuid")
     primaryType = serializers.CharField(source="primary_type")
     domain = Eip712DomainSerializer()
-    types = serializers.DictField(child=serializers.ListField(child=serializers.DictField(child=serializers.CharField())))
+    types = serializers.DictField(
+        child=serializers.ListField(child=serializers.DictField(child=serializers.CharField()))
+    )
     signature = serializers.CharField(help_text="65 bytes r‖s‖v, 0x hex")
     digest = serializers.CharField(help_text="the EIP-712 digest that was signed")
     nonce = serializers.CharField()
@@ -252,24 +303,22 @@ class CancellationSplitSerializer(serializers.Serializer):
 
 class CancellationAuthorizationSerializer(SignedAuthorizationSerializer):
     message = CancellationAuthorizationMessageSerializer()
-    booking_status = serializers.CharField()
+    booking_status = serializers.ChoiceField(choices=BookingStatus.choices)
     policy_tier = serializers.CharField(help_text="provider_cancelled | full_refund | partial_refund | late")
     refund_bps = serializers.IntegerField(help_text="share of the amount refunded to the customer, basis points")
     split = CancellationSplitSerializer(help_text="base units as decimal strings; sums to the booking amount")
 
 
 class CancellationRequestSerializer(StrictSerializer):
-    reason = serializers.CharField(max_length=MAX_REASON_LENGTH)
+    """Why the booking is cancelled (kept on the booking and in the signed authorization)."""
+
+    reason = StringField(max_length=MAX_REASON_LENGTH)
 
 
 class TransactionSubmitSerializer(StrictSerializer):
-    tx_hash = serializers.CharField(max_length=66, trim_whitespace=False)
+    """The hash of a transaction the wallet sent for this booking."""
 
-    def validate_tx_hash(self, value):
-        try:
-            return normalize_tx_hash(value)
-        except InvalidInput as exc:
-            raise serializers.ValidationError(exc.reason) from None
+    tx_hash = TxHashField(trim_whitespace=False)
 
 
 class TransactionSubmissionSerializer(serializers.Serializer):
@@ -277,8 +326,10 @@ class TransactionSubmissionSerializer(serializers.Serializer):
     tx_hash = serializers.CharField()
     block_number = serializers.IntegerField(allow_null=True)
     events = serializers.ListField(child=serializers.CharField())
-    booking_status = serializers.CharField(
-        allow_null=True, help_text="the booking's status once the transaction's escrow events were applied"
+    booking_status = serializers.ChoiceField(
+        choices=BookingStatus.choices,
+        allow_null=True,
+        help_text="the booking's status once the transaction's escrow events were applied",
     )
 
 
@@ -291,17 +342,40 @@ class SignInNonceSerializer(serializers.Serializer):
 
 
 class SignInSerializer(StrictSerializer):
-    message = serializers.CharField(max_length=MAX_MESSAGE_LENGTH, trim_whitespace=False, help_text="EIP-4361 text")
-    signature = serializers.CharField(max_length=200, help_text="personal_sign signature, 0x hex")
+    """An EIP-4361 message naming a nonce from /api/auth/nonce/, and the wallet's signature of it."""
+
+    message = StringField(max_length=MAX_MESSAGE_LENGTH, trim_whitespace=False, help_text="EIP-4361 text")
+    signature = StringField(max_length=200, help_text="personal_sign signature, 0x hex")
 
 
 class WalletTokenSerializer(serializers.Serializer):
     token = serializers.CharField()
     token_type = serializers.CharField()
-    address = serializers.CharField()
+    address = AddressField()
     expires_at = serializers.DateTimeField()
 
 
 class WalletSessionSerializer(serializers.Serializer):
-    address = serializers.CharField()
+    address = AddressField()
     token_expires_at = serializers.DateTimeField()
+
+
+# -- refusals (rendered by DRF and escrow.exceptions; these document their shapes) ---------------
+class ErrorSerializer(serializers.Serializer):
+    """Every refusal but bad input: what went wrong, in a sentence."""
+
+    detail = serializers.CharField()
+
+
+class ConflictSerializer(ErrorSerializer):
+    """The booking's status does not allow the request."""
+
+    status = serializers.ChoiceField(choices=BookingStatus.choices, required=False, help_text="the booking's status")
+    requested_status = serializers.ChoiceField(
+        choices=BookingStatus.choices, required=False, help_text="the status the request would have moved it to"
+    )
+
+
+class FieldErrorsSerializer(serializers.Serializer):
+    """Bad input: {field: [reason, ...]}; `non_field_errors` when the body as a whole is wrong.
+    Its schema (a map of lists) is written out in escrow.schema."""

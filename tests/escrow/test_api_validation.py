@@ -79,6 +79,7 @@ CREATE_CASES = [
     ("description-too-long", create_body(description="x" * 501), "description"),
     ("description-nul", create_body(description="a\x00b"), "description"),
     ("description-surrogate", create_body(description="\ud800"), "description"),
+    ("description-number", create_body(description=5), "description"),  # the schema says string
     ("unknown-field", create_body(colour="red"), "colour"),
     ("platform-rate-not-choosable", create_body(platform_fee_rate=0), "platform_fee_rate"),
     ("inviter-rate-not-choosable", create_body(inviter_fee_rate=100), "inviter_fee_rate"),
@@ -201,12 +202,13 @@ def test_authorize_payment_refuses_any_body_field(clients, customer, provider, m
         ({"reason": "   "}, "reason"),
         ({"reason": None}, "reason"),
         ({"reason": True}, "reason"),
+        ({"reason": 5}, "reason"),
         ({"reason": ["a"]}, "reason"),
         ({"reason": "x" * 501}, "reason"),
         ({"reason": "a\x00b"}, "reason"),
         ({"reason": "ok", "split": {"customer": "1"}}, "split"),
     ],
-    ids=["missing", "empty", "blank", "null", "bool", "list", "too-long", "nul-char", "unknown-field"],
+    ids=["missing", "empty", "blank", "null", "bool", "number", "list", "too-long", "nul-char", "unknown-field"],
 )
 def test_request_cancellation_refuses_bad_input(clients, customer, provider, make_booking, body, field):
     booking = make_booking(customer, provider)
