@@ -1,11 +1,19 @@
-"""Prometheus counters of reconciliation runs (per process; prometheus_client's default registry).
+"""Prometheus counters of reconciliation runs (per process; prometheus_client's default registry),
+and the database-backed gauges of the operator accounts (`OperatorTransactionsCollector`,
+registered once by ReconciliationConfig.ready()).
 
 The database-backed gauges of the last run and of open flags are read at scrape time by the
 console's collector (bookme/console_metrics.py).
 """
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+import logging
+from datetime import timedelta
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+log = logging.getLogger(__name__)
 
 # The report counts exported as differences, by kind (ReconciliationReport field names).
 LAST_REPORT_KINDS = ("repaired", "flagged", "errors", "expired", "cancellations_lapsed")
@@ -29,3 +37,60 @@ def export_run(report) -> None:
         if count:
             RECONCILIATION_MISMATCHES.labels(kind).inc(count)
     RECONCILIATION_SECONDS.observe(report.duration_seconds)
+
+
+class OperatorTransactionsCollector:
+    """Database-backed gauges of the operator accounts, computed when scraped (the same in
+    every process that serves /metrics): per sending account, the nonce gap the settle job last
+    found unfilled, and the transactions still unmined TX_STUCK_ALERT_SECONDS after they were sent."""
+
+    def describe(self):
+        # Lets the registry learn the names without querying the database at registration.
+        return [
+            GaugeMetricFamily("bookme_operator_nonce_gap", "", labels=["account"]),
+            GaugeMetricFamily("bookme_operator_transactions_stuck", "", labels=["account"]),
+        ]
+
+    def collect(self):
+        from django.conf import settings
+        from django.db.models import Count
+        from django.utils import timezone
+
+        from .models import OperatorNonce, SentTransaction, TxStatus
+
+        gap = GaugeMetricFamily(
+            "bookme_operator_nonce_gap",
+            "Nonces below the account's highest unmined transaction that neither the chain nor any transaction "
+            "of ours holds, at the settle job's last check: later transactions wait behind them",
+            labels=["account"],
+        )
+        stuck = GaugeMetricFamily(
+            "bookme_operator_transactions_stuck",
+            "Operator transactions sent over TX_STUCK_ALERT_SECONDS ago and not mined yet",
+            labels=["account"],
+        )
+        try:
+            accounts = {row.address: row.nonce_gap for row in OperatorNonce.objects.filter(chain_id=settings.CHAIN_ID)}
+            sent_before = timezone.now() - timedelta(seconds=settings.TX_STUCK_ALERT_SECONDS)
+            waiting = dict(
+                SentTransaction.objects.filter(
+                    chain_id=settings.CHAIN_ID, status=TxStatus.SUBMITTED, submitted_at__lt=sent_before
+                ).values_list("from_address").annotate(n=Count("id"))
+            )
+        except Exception as exc:  # a scrape must never fail because the database is away
+            log.warning("operator transaction metrics unavailable: %s", exc)
+            return []
+        for address in sorted(accounts.keys() | waiting.keys()):
+            gap.add_metric([address], accounts.get(address, 0))
+            stuck.add_metric([address], waiting.get(address, 0))
+        return [gap, stuck]
+
+
+_registered = False
+
+
+def register_collector() -> None:
+    global _registered
+    if not _registered:
+        REGISTRY.register(OperatorTransactionsCollector())
+        _registered = True

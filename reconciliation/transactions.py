@@ -19,10 +19,19 @@ outcome, and who asked for it and why.
   transaction would otherwise leave a gap that blocks every later one). A "nonce too low"
   answer for a transaction the node already has is the lost answer of an earlier delivery of
   that same transaction, never a reason to send the call again under another nonce.
-- Receipts are awaited (polling every hash ever broadcast for this nonce). A transaction not
-  mined after TX_REPLACE_AFTER_SECONDS is replaced: same nonce, same call, both fee caps raised
-  by TX_FEE_BUMP_PERCENT (≥ 12.5 %, what nodes demand of a replacement) or to the current
-  market if that is higher, at most TX_MAX_REPLACEMENTS times.
+- Receipts are awaited (polling every hash ever broadcast for this nonce) by senders that ask
+  to wait (console actions). A transaction not mined after TX_REPLACE_AFTER_SECONDS is
+  replaced: same nonce, same call, both fee caps raised by TX_FEE_BUMP_PERCENT (≥ 12.5 %, what
+  nodes demand of a replacement) or to the current market if that is higher, at most
+  TX_MAX_REPLACEMENTS times.
+- The settle job (`settle_transactions`, beat) never waits: it looks up, decides and sends.
+  It records the outcome of every submitted transaction (and replaces those nobody waits on,
+  e.g. auto-complete's, when they do not mine); re-checks mined ones whose block may still be
+  reorged, and sends again at its nonce one whose block left the chain (or gives it up when
+  the call would now fail); and brings each account's nonces in line with the chain: a nonce
+  none of our transactions holds any more, with later ones of ours waiting behind it, is
+  filled with a zero-value transfer to itself, and the next nonce follows the node's pending
+  count. What it could not fix shows as bookme_operator_nonce_gap.
 """
 from __future__ import annotations
 
@@ -40,11 +49,11 @@ from eth_account import Account
 from eth_utils import keccak
 from prometheus_client import Counter
 
-from chain_events.rpc import RpcClient, RpcError, RpcResponseError, RpcUnavailable, get_rpc_client
+from chain_events.rpc import RpcClient, RpcError, RpcResponseError, RpcUnavailable, get_chain_tip, get_rpc_client
 from contracts.artifacts import decode_revert, escrow_abi
 from contracts.deploy import encode_call
 
-from .models import OperatorNonce, SentTransaction, TxStatus
+from .models import OperatorNonce, SentTransaction, TxPurpose, TxStatus
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +61,12 @@ BACKEND_TRANSACTIONS = Counter(
     "bookme_backend_transactions_total", "Transactions the backend sent, by purpose and outcome", ["purpose", "outcome"]
 )
 MIN_REPLACEMENT_BUMP_PERCENT = 12.5
+NONCE_FILL_ACTOR = "system:nonce-fill"
+#: Statuses of a transaction that used its nonce on chain (as far as we last knew).
+_ON_CHAIN = (TxStatus.MINED, TxStatus.REVERTED)
+#: Mined transactions re-checked per JSON-RPC batch (their receipts and blocks: ~2 calls each;
+#: providers cap a batch at about 100 calls).
+_RECHECK_PER_BATCH = 40
 
 
 class TransactionError(Exception):
@@ -193,8 +208,8 @@ def _broadcast(client: RpcClient, raw: str) -> None:
 def _lock_nonce_row(chain_id: int, address: str) -> OperatorNonce:
     with connection.cursor() as cursor:  # create-if-missing without racing another creator
         cursor.execute(
-            f"INSERT INTO {OperatorNonce._meta.db_table} (chain_id, address, next_nonce, updated_at) "
-            "VALUES (%s, %s, 0, now()) ON CONFLICT (chain_id, address) DO NOTHING",
+            f"INSERT INTO {OperatorNonce._meta.db_table} (chain_id, address, next_nonce, nonce_gap, updated_at) "
+            "VALUES (%s, %s, 0, 0, now()) ON CONFLICT (chain_id, address) DO NOTHING",
             [chain_id, address],
         )
     return OperatorNonce.objects.select_for_update().get(chain_id=chain_id, address=address)
@@ -293,6 +308,34 @@ def _note_signed(record: SentTransaction, hashes: list[str], *, nonce: int | Non
         side.close()
 
 
+def _send_at_nonce(client: RpcClient, account, record: SentTransaction, nonce: int) -> None:
+    """Sign the record's call (its gas and fees) under `nonce`, broadcast it and store the row
+    SUBMITTED with the new hash added to its hashes. The caller holds the account's nonce row
+    lock and chose the nonce. RpcResponseError: the node refused it (nothing stored but the
+    hash); an unconfirmed delivery (RpcUnavailable) is stored as sent, like a first send."""
+    raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
+    hashes = [*(record.tx_hashes or []), tx_hash]
+    _note_signed(record, hashes, nonce=nonce, tx_hash=tx_hash)
+    try:
+        _broadcast(client, raw)
+    except RpcUnavailable:
+        log.warning("broadcast of %s unconfirmed (RPC unavailable); the settle job follows it", tx_hash)
+    record.nonce, record.tx_hash, record.tx_hashes = nonce, tx_hash, hashes
+    record.status, record.submitted_at = TxStatus.SUBMITTED, timezone.now()
+    _forget_block(record)
+    record.save(update_fields=[
+        "nonce", "tx_hash", "tx_hashes", "status", "submitted_at", "gas_limit", "max_fee_per_gas",
+        "max_priority_fee_per_gas", "block_number", "block_hash", "gas_used", "effective_gas_price", "mined_at",
+        "error", "updated_at",
+    ])
+
+
+def _forget_block(record: SentTransaction) -> None:
+    record.block_number, record.block_hash, record.gas_used, record.effective_gas_price, record.mined_at = (
+        None, "", None, None, None
+    )
+
+
 def send_transaction(
     *,
     purpose: str,
@@ -363,31 +406,45 @@ def refresh_transaction(record: SentTransaction, client: RpcClient | None = None
     return False
 
 
-def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> dict[str, int]:
-    """Beat: rows nobody is waiting on any more (receipt wait timed out, worker killed) get an
-    outcome, so they stop counting as outstanding and the operator's nonces never stay blocked.
+def settle_transactions(*, client: RpcClient | None = None, now=None) -> dict[str, dict[str, int]]:
+    """The settle job (beat, single-flight): mined transactions re-checked against the chain,
+    submitted ones given their outcome, the accounts' nonces brought in line with the chain.
+    Nothing here waits for a receipt: each step looks up, decides and, at most, broadcasts."""
+    client = client or get_rpc_client()
+    return {
+        "reorged": recheck_mined_transactions(client=client),
+        "submitted": settle_submitted_transactions(client=client, now=now),
+        "nonces": reconcile_operator_nonces(client=client, now=now),
+    }
+
+
+def settle_submitted_transactions(*, client: RpcClient | None = None, now=None) -> dict[str, int]:
+    """Every SUBMITTED row gets its outcome once it has one, whoever sent it (auto-complete
+    sends without waiting; a waiter's receipt timeout or a killed worker leaves rows behind),
+    so no row stays outstanding and the operator's nonces never stay blocked.
 
     - PREPARING longer than the receipt timeout: never broadcast (nonce not taken) → FAILED;
-    - SUBMITTED longer than the receipt timeout: a receipt for any of its hashes → MINED or
-      REVERTED; the account's mined count passed its nonce with none of ours mined → FAILED (the
+    - SUBMITTED: a receipt for any of its hashes → MINED or REVERTED. Older than the receipt
+      timeout: the account's mined count passed its nonce with none of ours mined → FAILED (the
       nonce went to another transaction); the node knows none of its hashes and the nonce is
-      still unused → FAILED (dropped from the pool; the next send takes that nonce again);
-      otherwise it is still pending and stays SUBMITTED.
+      still unused → FAILED (dropped from the pool; the nonce is used again). Otherwise it is
+      pending: replaced with higher fees (as a waiter would) when it was last broadcast over
+      TX_REPLACE_AFTER_SECONDS ago.
     """
     client = client or get_rpc_client()
-    cutoff = (now or timezone.now()) - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS)
-    settled = {"mined": 0, "failed": 0, "pending": 0}
-    mined_counts: dict[str, int] = {}  # per sending account: one eth_getTransactionCount per run
-
-    def mined_count(address: str) -> int:
-        if address not in mined_counts:
-            mined_counts[address] = int(client.call("eth_getTransactionCount", [address, "latest"]), 16)
-        return mined_counts[address]
-
-    for record in SentTransaction.objects.filter(status=TxStatus.PREPARING, created_at__lt=cutoff):
+    now = now or timezone.now()
+    stale_before = now - timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS)
+    # `updated_at` moves with every broadcast (`_note_signed`): the row was last sent before this.
+    replace_before = now - timedelta(seconds=settings.TX_REPLACE_AFTER_SECONDS)
+    settled = {"mined": 0, "failed": 0, "replaced": 0, "pending": 0}
+    for record in SentTransaction.objects.filter(status=TxStatus.PREPARING, created_at__lt=stale_before):
         _fail(record, "never broadcast (the sending process stopped before it)")
         settled["failed"] += 1
-    for record in SentTransaction.objects.filter(status=TxStatus.SUBMITTED, submitted_at__lt=cutoff):
+    submitted = list(SentTransaction.objects.filter(status=TxStatus.SUBMITTED).order_by("from_address", "nonce"))
+    # Read before any receipt: a transaction mined between the two reads then shows its receipt,
+    # never passes for "nonce used by another".
+    mined_counts = _mined_counts(client, {record.from_address for record in submitted})
+    for record in submitted:
         # Decided under the account's nonce row lock, with the row read again: a waiter
         # replacing the transaction stores and broadcasts its new hash under that lock, so the
         # hashes seen here are every one that went out. Read outside it, a hash stored but not
@@ -399,32 +456,233 @@ def settle_stale_transactions(*, client: RpcClient | None = None, now=None) -> d
                 continue  # its waiter recorded the outcome meanwhile
             if refresh_transaction(record, client):
                 settled["mined"] += 1
-            elif mined_count(record.from_address) > record.nonce:
-                _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
-                settled["failed"] += 1
-            elif not any(client.batch([("eth_getTransactionByHash", [h])
-                                       for h in record.tx_hashes or [record.tx_hash]])):
-                _fail(record, "dropped by the node before it was mined")
-                settled["failed"] += 1
-            else:
-                settled["pending"] += 1
+                continue
+            if (record.submitted_at or record.created_at) < stale_before:
+                if mined_counts[record.from_address] > record.nonce:
+                    _fail(record, "its nonce was used by another transaction; none of its hashes was mined")
+                    settled["failed"] += 1
+                    continue
+                if not any(client.batch([("eth_getTransactionByHash", [h]) for h in _hashes(record)])):
+                    _fail(record, "dropped by the node before it was mined")
+                    settled["failed"] += 1
+                    continue
+            if record.updated_at < replace_before and record.replacements < settings.TX_MAX_REPLACEMENTS:
+                try:
+                    _replace(client, sending_account(record.from_address), record)
+                    settled["replaced"] += 1
+                    continue
+                except (TransactionError, RpcError) as exc:  # tried again next run
+                    log.warning("could not replace %s transaction %s: %s", record.purpose, record.pk, exc)
+            settled["pending"] += 1
     return settled
 
 
+def _hashes(record: SentTransaction) -> list[str]:
+    return list(record.tx_hashes or [record.tx_hash])
+
+
+def _mined_counts(client: RpcClient, addresses: set[str]) -> dict[str, int]:
+    """eth_getTransactionCount(latest) of each address, in one round trip."""
+    ordered = sorted(addresses)
+    counts = client.batch([("eth_getTransactionCount", [a, "latest"]) for a in ordered])
+    return {a: int(c, 16) for a, c in zip(ordered, counts, strict=True)}
+
+
+# -- reorgs and nonce gaps ------------------------------------------------------------------------
+def _reorg_floor(client: RpcClient) -> int:
+    """The newest block no reorg can take away: the node's `finalized` block, at most head −
+    REORG_WINDOW (the stricter of the two, as the scanner)."""
+    tip = get_chain_tip(client, None)
+    floor = tip.latest.number - settings.REORG_WINDOW
+    return floor if tip.finalized is None else min(floor, tip.finalized.number)
+
+
+def recheck_mined_transactions(*, client: RpcClient | None = None) -> dict[str, int]:
+    """Mined (or reverted) transactions whose block is above the reorg floor are checked against
+    the chain: one round trip for all their receipts and the canonical blocks at their heights.
+
+    A receipt found (in the same or another block) is recorded again. None found while the
+    node has a block at that height other than ours: the block left the chain, and the
+    transaction's nonce is unused there. Left MINED, the row would keep its booking out of
+    auto-complete and off the emergency actions for good (`_already_sent`), and the unused
+    nonce would hold every later send back. So, under the account's nonce row lock:
+    - the node has the transaction again (a node puts a reorged block's transactions back in
+      its pool) → SUBMITTED: it is followed like any sent transaction;
+    - the account's mined count passed its nonce → FAILED (another transaction used it);
+    - otherwise → sent again at its nonce (fresh gas and fees), SUBMITTED; when the call would
+      now fail (e.g. the customer completed the booking on the new chain) or no key here sends
+      from the account → FAILED, and `reconcile_operator_nonces` fills the nonce.
+    A node without our block's height (behind, or a chain shorter for now) decides nothing.
+    """
+    client = client or get_rpc_client()
+    counts = {"checked": 0, "moved": 0, "reopened": 0, "resent": 0, "failed": 0, "undecided": 0}
+    recent = list(
+        SentTransaction.objects.filter(
+            chain_id=settings.CHAIN_ID, status__in=_ON_CHAIN, block_number__gt=_reorg_floor(client)
+        ).order_by("from_address", "nonce")
+    )
+    for start in range(0, len(recent), _RECHECK_PER_BATCH):
+        chunk = recent[start:start + _RECHECK_PER_BATCH]
+        calls = []
+        for record in chunk:
+            calls += [("eth_getTransactionReceipt", [h]) for h in _hashes(record)]
+            calls.append(("eth_getBlockByNumber", [hex(record.block_number), False]))
+        answers = iter(client.batch(calls))
+        for record in chunk:
+            counts["checked"] += 1
+            receipts = [(h, next(answers)) for h in _hashes(record)]
+            block = next(answers)
+            found = next(((h, r) for h, r in receipts if r), None)
+            if found is not None:
+                if found[1].get("blockHash") != record.block_hash:
+                    _record_receipt(record, *found)  # mined again elsewhere, or a row stored before block hashes
+                    counts["moved"] += 1
+                continue
+            if block is None or block.get("hash") == record.block_hash:
+                counts["undecided"] += 1  # the node is behind our block, or contradicts itself
+                continue
+            counts[_after_reorg(client, record, block["hash"])] += 1
+    return counts
+
+
+def _after_reorg(client: RpcClient, record: SentTransaction, canonical_hash: str) -> str:
+    """The outcome of a transaction whose block left the chain (see recheck_mined_transactions):
+    "moved", "reopened", "resent" or "failed"."""
+    with transaction.atomic():
+        nonce_row = _lock_nonce_row(record.chain_id, record.from_address)
+        record.refresh_from_db()
+        if record.status not in _ON_CHAIN:
+            return "moved"
+        if refresh_transaction(record, client):
+            return "moved"  # mined again since the first look
+        left = (f"its block {record.block_number} ({record.block_hash or 'hash not recorded'}) left the chain "
+                f"(now {canonical_hash})")
+        log.warning("%s transaction %s (nonce %s): %s", record.purpose, record.tx_hash, record.nonce, left)
+        BACKEND_TRANSACTIONS.labels(record.purpose, "reorged").inc()
+        if any(client.batch([("eth_getTransactionByHash", [h]) for h in _hashes(record)])):
+            record.status, record.submitted_at = TxStatus.SUBMITTED, timezone.now()
+            record.error = f"{left}; the node has it pending again"
+            _forget_block(record)
+            record.save(update_fields=["status", "submitted_at", "error", "block_number", "block_hash", "gas_used",
+                                       "effective_gas_price", "mined_at", "updated_at"])
+            return "reopened"
+        if _mined_counts(client, {record.from_address})[record.from_address] > record.nonce:
+            _fail(record, f"{left}; its nonce {record.nonce} was used by another transaction")
+            return "failed"
+        try:
+            account = sending_account(record.from_address)
+            record.gas_limit, record.max_fee_per_gas, record.max_priority_fee_per_gas = _quote(
+                client, record.from_address, record.to_address, record.data
+            )
+        except TransactionError as exc:  # TransactionRejected: the call would now fail
+            _fail(record, f"{left}; not sent again: {exc}")
+            return "failed"
+        record.error = f"{left}; sent again at nonce {record.nonce}"
+        try:
+            _send_at_nonce(client, account, record, record.nonce)
+        except RpcResponseError as exc:
+            _fail(record, f"{left}; sending it again was refused: {exc}")
+            return "failed"
+        nonce_row.next_nonce = max(nonce_row.next_nonce, record.nonce + 1)
+        nonce_row.save(update_fields=["next_nonce", "updated_at"])
+        return "resent"
+
+
+def reconcile_operator_nonces(*, client: RpcClient | None = None, now=None) -> dict[str, int]:
+    """Each sending account's nonces against the node's `eth_getTransactionCount(pending)`, under
+    its nonce row lock (no send takes a nonce meanwhile).
+
+    From the node's pending count up, our transactions are in flight (SUBMITTED) or claim a
+    nonce the chain has not used (MINED or REVERTED: a reorg `recheck_mined_transactions` has
+    not decided yet, or a node behind us). A nonce below the highest of them that none holds
+    is a gap: the node holds every later transaction back until it is used, so it is filled (a
+    zero-value transfer to the account itself). Claimed nonces are never filled (the node may
+    only be behind), but count as a gap while the chain does not show them. The next nonce
+    follows the chain: the pending count, or past our highest transaction, never a nonce kept
+    in reserve for a transaction that is gone (the reorg wedge: rows 3 nonces ahead of the
+    chain, every later send waiting behind). The gap left is stored on the account's row
+    (bookme_operator_nonce_gap, alert OperatorNonceGap)."""
+    client = client or get_rpc_client()
+    now = now or timezone.now()
+    counts = {"accounts": 0, "filled": 0, "gaps": 0}
+    for account in OperatorNonce.objects.filter(chain_id=settings.CHAIN_ID).order_by("address"):
+        counts["accounts"] += 1
+        with transaction.atomic():
+            row = _lock_nonce_row(account.chain_id, account.address)
+            pending = _pending_count(client, row.address)
+            ours = SentTransaction.objects.filter(chain_id=row.chain_id, from_address=row.address, nonce__gte=pending)
+            submitted = set(ours.filter(status=TxStatus.SUBMITTED).values_list("nonce", flat=True))
+            claimed = set(ours.filter(status__in=_ON_CHAIN).values_list("nonce", flat=True))
+            top = max(submitted | claimed, default=pending - 1)
+            filled = [n for n in _unused(pending, top, submitted | claimed) if _fill_nonce(client, row.address, n)]
+            if filled:
+                submitted.update(filled)
+                counts["filled"] += len(filled)
+                pending = _pending_count(client, row.address)
+            row.nonce_gap = len(_unused(pending, top + 1, submitted))
+            row.next_nonce = max(pending, top + 1)
+            row.checked_at = now
+            row.save(update_fields=["nonce_gap", "next_nonce", "checked_at", "updated_at"])
+            counts["gaps"] += row.nonce_gap
+    return counts
+
+
+def _pending_count(client: RpcClient, address: str) -> int:
+    return int(client.call("eth_getTransactionCount", [address, "pending"]), 16)
+
+
+def _unused(pending: int, below: int, held: set[int]) -> list[int]:
+    """The nonces from the node's pending count up to `below` (excluded) that `held` lacks."""
+    return [n for n in range(pending, below) if n not in held]
+
+
+def _fill_nonce(client: RpcClient, address: str, nonce: int) -> bool:
+    """Use `nonce` with a zero-value transfer from the account to itself (recorded as a
+    NONCE_FILL transaction). The caller holds the account's nonce row lock. True if broadcast.
+
+    The row is created inside the caller's transaction: a process that dies after the
+    broadcast leaves no row, and the node's pending count then shows the nonce used, which is
+    all a fill is for."""
+    record = SentTransaction.objects.create(
+        purpose=TxPurpose.NONCE_FILL, chain_id=settings.CHAIN_ID, from_address=address, to_address=address,
+        data="0x", actor=NONCE_FILL_ACTOR,
+        reason=f"nonce {nonce} is held by no transaction of ours, and later ones wait behind it",
+    )
+    try:
+        account = sending_account(address)
+        record.gas_limit, record.max_fee_per_gas, record.max_priority_fee_per_gas = _quote(
+            client, address, address, "0x"
+        )
+        _send_at_nonce(client, account, record, nonce)
+    except (TransactionError, RpcError) as exc:
+        _fail(record, f"could not fill nonce {nonce}: {exc}")
+        return False
+    log.warning("operator nonce %d of %s was held by none of our transactions: filled by %s", nonce, address,
+                record.tx_hash)
+    return True
+
+
 def _record_receipt(record: SentTransaction, tx_hash: str, receipt: dict) -> None:
+    """Store a receipt's outcome on the row; the outcome is counted when the row changes to it
+    (not again when the settle job records a mined transaction's new block after a reorg)."""
     ok = int(receipt.get("status") or "0x0", 16) == 1
+    outcome = TxStatus.MINED if ok else TxStatus.REVERTED
+    changed = record.status != outcome
     record.tx_hash = tx_hash
-    record.status = TxStatus.MINED if ok else TxStatus.REVERTED
+    record.status = outcome
     record.block_number = int(receipt["blockNumber"], 16)
+    record.block_hash = receipt.get("blockHash") or ""
     record.gas_used = int(receipt["gasUsed"], 16)
     record.effective_gas_price = int(receipt.get("effectiveGasPrice") or "0x0", 16)
     record.mined_at = timezone.now()
     if not ok:
         record.error = "reverted on chain"
     record.save(update_fields=[
-        "tx_hash", "status", "block_number", "gas_used", "effective_gas_price", "mined_at", "error", "updated_at",
+        "tx_hash", "status", "block_number", "block_hash", "gas_used", "effective_gas_price", "mined_at", "error",
+        "updated_at",
     ])
-    BACKEND_TRANSACTIONS.labels(record.purpose, "mined" if ok else "reverted").inc()
+    if changed:
+        BACKEND_TRANSACTIONS.labels(record.purpose, "mined" if ok else "reverted").inc()
 
 
 def _replace(client: RpcClient, account, record: SentTransaction) -> None:

@@ -141,7 +141,7 @@ def test_stale_rows_get_an_outcome_and_a_dropped_nonce_is_used_again(chain_setti
 
     from django.utils import timezone
 
-    from reconciliation.transactions import settle_stale_transactions
+    from reconciliation.transactions import settle_submitted_transactions
 
     chain = chain_settings
     operator = operator_account().address
@@ -163,7 +163,7 @@ def test_stale_rows_get_an_outcome_and_a_dropped_nonce_is_used_again(chain_setti
     SentTransaction.objects.filter(pk=never_sent.pk).update(created_at=old)
     OperatorNonce.objects.filter(address=operator).update(next_nonce=free_nonce + 1)
 
-    assert settle_stale_transactions() == {"mined": 1, "failed": 2, "pending": 0}
+    assert settle_submitted_transactions() == {"mined": 1, "failed": 2, "replaced": 0, "pending": 0}
     assert SentTransaction.objects.get(pk=mined.pk).status == TxStatus.MINED
     assert SentTransaction.objects.get(pk=dropped.pk).status == TxStatus.FAILED
     assert SentTransaction.objects.get(pk=never_sent.pk).status == TxStatus.FAILED
@@ -273,7 +273,8 @@ def test_a_sender_stopping_right_after_the_broadcast_leaves_the_hash_to_settle(c
     _send_and_die(monkeypatch, chain.usdc, after_broadcast=True)
     assert chain.w3.eth.get_transaction_count(operator, "latest") == start + 1  # it ran on chain
     later = timezone.now() + timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
-    assert transactions.settle_stale_transactions(now=later) == {"mined": 1, "failed": 0, "pending": 0}
+    settled = transactions.settle_submitted_transactions(now=later)
+    assert settled == {"mined": 1, "failed": 0, "replaced": 0, "pending": 0}
     record = SentTransaction.objects.get()
     assert (record.status, record.nonce) == (TxStatus.MINED, start)
     assert chain.w3.eth.get_transaction_receipt(record.tx_hash)["status"] == 1
@@ -303,7 +304,8 @@ def test_a_sender_stopping_right_before_the_broadcast_leaves_no_gap(chain_settin
                              reason="t")
     assert (after.nonce, after.status) == (start, TxStatus.MINED)
     later = timezone.now() + timedelta(seconds=settings.TX_RECEIPT_TIMEOUT_SECONDS + 60)
-    assert transactions.settle_stale_transactions(now=later) == {"mined": 0, "failed": 1, "pending": 0}
+    settled = transactions.settle_submitted_transactions(now=later)
+    assert settled == {"mined": 0, "failed": 1, "replaced": 0, "pending": 0}
     stopped.refresh_from_db()
     assert stopped.status == TxStatus.FAILED and "used by another" in stopped.error
 
@@ -354,7 +356,7 @@ def test_settling_while_the_waiter_replaces_the_transaction_leaves_the_replaceme
     def broadcast_while_settle_runs(client, raw):
         def settle():
             try:
-                settled["result"] = transactions.settle_stale_transactions()
+                settled["result"] = transactions.settle_submitted_transactions()
             finally:
                 connection.close()
 
@@ -374,7 +376,7 @@ def test_settling_while_the_waiter_replaces_the_transaction_leaves_the_replaceme
         monkeypatch.setattr(transactions, "_broadcast", broadcast_while_settle_runs)
         transactions._replace(get_rpc_client(), account, record)
         settled["thread"].join(10)
-        assert settled["result"] == {"mined": 0, "failed": 0, "pending": 1}
+        assert settled["result"] == {"mined": 0, "failed": 0, "replaced": 0, "pending": 1}
         assert SentTransaction.objects.get(pk=record.pk).status == TxStatus.SUBMITTED
         chain.mine()
     finally:
