@@ -14,6 +14,14 @@ from eth_utils import is_address, to_checksum_address
 _PRIVATE_KEY_RE = re.compile(r"^(0x)?[0-9a-fA-F]{64}$")
 _MISSING = object()
 
+#: What a process is (BOOKME_PROCESS_ROLE): the WSGI entry point sets "web" itself, the Procfile
+#: names the worker and beat; manage.py commands, shells and tests are "command".
+PROCESS_ROLES = ("web", "worker", "beat", "command")
+#: Processes that never hold a key that sends transactions: the web process answers the
+#: internet (and signs authorizations with the signer key, which is all it needs); beat only
+#: schedules. Console actions that send are queued for the worker.
+KEYLESS_ROLES = ("web", "beat")
+
 
 class ConfigurationError(SystemExit):
     """Raised while settings load; SystemExit so every entry point prints one line and stops."""
@@ -50,10 +58,15 @@ class Secret:
 
 
 class Config:
-    """Typed accessors over django-environ that fail with one line naming the variable."""
+    """Typed accessors over django-environ that fail with one line naming the variable.
 
-    def __init__(self, env: environ.Env):
+    `from_files`: the names that came from the .env files settings.py read (shared by every
+    process of a checkout), not from the process's own environment.
+    """
+
+    def __init__(self, env: environ.Env, *, from_files: frozenset[str] = frozenset()):
         self.env = env
+        self.from_files = from_files
 
     def _raw(self, name: str, default):
         value = self.env.str(name, default=None)
@@ -132,6 +145,29 @@ class Config:
         if not _PRIVATE_KEY_RE.match(raw) or int(raw, 16) == 0:
             raise ConfigurationError(name, "must be a 32-byte hex private key")
         return Secret(raw if raw.startswith("0x") else "0x" + raw)
+
+    def choice(self, name: str, choices: tuple[str, ...], default=_MISSING) -> str:
+        value = self._raw(name, default)
+        if value not in choices:
+            raise ConfigurationError(name, f"must be one of {', '.join(choices)}")
+        return value
+
+    def sending_key(self, name: str, *, role: str, required_in: tuple[str, ...] = ()) -> Secret | None:
+        """A private key that sends transactions (the operator's, the contract owner's), as
+        `private_key`, except that a process of a KEYLESS_ROLES role never holds one: given
+        one in its own environment it refuses to start; one that came from a shared .env
+        file is dropped from its environment unread. Required in the roles `required_in`."""
+        if role in KEYLESS_ROLES:
+            if self._raw(name, None) is None:
+                return None
+            if name in self.from_files:
+                self.env.ENVIRON.pop(name, None)
+                return None
+            raise ConfigurationError(
+                name, f"must not be set for the {role} process (BOOKME_PROCESS_ROLE={role}): only the worker "
+                      "sends transactions"
+            )
+        return self.private_key(name, _MISSING if role in required_in else None)
 
     def db_url(self, name: str, default=_MISSING) -> dict:
         raw = self._raw(name, default)

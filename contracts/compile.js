@@ -24,6 +24,8 @@ const BUILD_DIR = path.join(CONTRACTS_DIR, 'build');
 const TARGETS = {
   'contracts/BookingEscrow.sol': ['BookingEscrow'],
   'contracts/MockUSDC.sol': ['MockUSDC'],
+  // A minimal EIP-1271 smart-contract wallet: tests and the local chain only.
+  'contracts/MockERC1271Wallet.sol': ['MockERC1271Wallet'],
 };
 
 const EXPECTED_SOLC = '0.8.28';

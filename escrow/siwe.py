@@ -11,8 +11,12 @@ Checks made by `verify_sign_in`, in order:
   * Version is 1 and Chain ID equals settings.CHAIN_ID;
   * Issued At is not in the future (CLOCK_SKEW allowed) nor older than the nonce lifetime;
     Expiration Time, if present, is in the future; Not Before, if present, has passed;
-  * the EIP-191 (personal_sign) signature recovers the message's address (externally owned
-    accounts only: EIP-1271 contract wallets are not supported);
+  * the signature is the address's own: an EIP-191 (personal_sign) signature that recovers
+    the message's address (an externally owned account: no RPC call), or else, for an
+    address with code, one the contract accepts through EIP-1271 `isValidSignature` of the
+    message's EIP-191 hash (a smart-contract wallet, see escrow.contract_wallets; asked only
+    when ecrecover does not give the address, so a wrong signature costs one eth_getCode,
+    and sign-in is throttled per client address);
   * the nonce was issued by `issue_sign_in_nonce` and is consumed atomically (single use).
     It is consumed last, so a request that fails any other check does not burn it.
 """
@@ -28,12 +32,15 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 from eth_account import Account
-from eth_account.messages import encode_defunct
+from eth_account.messages import defunct_hash_message, encode_defunct
 from eth_utils import is_checksum_address
 
+from . import contract_wallets
 from .errors import InvalidInput
 
 MAX_MESSAGE_LENGTH = 4096
+# A smart-contract wallet's signature may be longer than 65 bytes (several owners, passkey data).
+MAX_SIGNATURE_BYTES = 2048
 # Client clocks drift; an Issued At this far in the future is still accepted.
 CLOCK_SKEW = timedelta(seconds=60)
 NONCE_CACHE_PREFIX = "siwe:nonce:"
@@ -43,7 +50,11 @@ _HEADER_SUFFIX = " wants you to sign in with your Ethereum account:"
 _UNRESERVED = r"A-Za-z0-9\-._~"
 _SUB_DELIMS = r"!$&'()*+,;="
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
-_AUTHORITY = re.compile(rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:%]*@)?(?:\[[0-9A-Fa-f:.]+\]|[{_UNRESERVED}{_SUB_DELIMS}%]+)(?::[0-9]*)?")
+_AUTHORITY = re.compile(
+    rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:%]*@)?"  # userinfo@
+    rf"(?:\[[0-9A-Fa-f:.]+\]|[{_UNRESERVED}{_SUB_DELIMS}%]+)"  # [IP-literal] or host
+    r"(?::[0-9]*)?"  # :port
+)
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{40}")
 _STATEMENT = re.compile(rf"[{_UNRESERVED}:/?#\[\]@{_SUB_DELIMS} ]+")
 _URI = re.compile(rf"[A-Za-z][A-Za-z0-9+.\-]*:[{_UNRESERVED}:/?#\[\]@{_SUB_DELIMS}%]+")
@@ -53,7 +64,7 @@ _REQUEST_ID = re.compile(rf"(?:[{_UNRESERVED}{_SUB_DELIMS}:@]|%[0-9A-Fa-f]{{2}})
 _DATE_TIME = re.compile(
     r"(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?([Zz]|[+-]\d{2}:\d{2})"
 )
-_SIGNATURE = re.compile(r"0x[0-9a-fA-F]{130}")
+_SIGNATURE = re.compile(r"0x(?:[0-9a-fA-F]{2})+")
 
 
 @dataclass(frozen=True)
@@ -238,14 +249,47 @@ def _check_terms(message: SiweMessage, now: datetime) -> None:
         raise _bad("the message is not valid yet (Not Before)")
 
 
-def recover_signer(message_text: str, signature: str) -> str:
+def _signature_bytes(signature: str) -> bytes:
+    if (
+        not isinstance(signature, str)
+        or len(signature) > 2 + 2 * MAX_SIGNATURE_BYTES
+        or not _SIGNATURE.fullmatch(signature)
+    ):
+        raise InvalidInput(
+            "signature",
+            "must be a 65-byte signature as 0x followed by 130 hex digits (a contract wallet's "
+            f"EIP-1271 signature: 0x hex, at most {MAX_SIGNATURE_BYTES} bytes)",
+        )
+    return bytes.fromhex(signature[2:])
+
+
+def recover_signer(message_text: str, signature: bytes) -> str:
     """The address whose EIP-191 personal_sign signature of `message_text` this is."""
-    if not isinstance(signature, str) or not _SIGNATURE.fullmatch(signature):
+    if len(signature) != 65:
         raise InvalidInput("signature", "must be a 65-byte signature as 0x followed by 130 hex digits")
     try:
-        return Account.recover_message(encode_defunct(text=message_text), signature=bytes.fromhex(signature[2:]))
+        return Account.recover_message(encode_defunct(text=message_text), signature=signature)
     except Exception:  # eth_keys raises several types (BadSignature, ValueError) for malformed r/s/v
         raise InvalidInput("signature", "is not a valid secp256k1 signature") from None
+
+
+def _check_signature(message: SiweMessage, message_text: str, signature_hex: str) -> None:
+    """The message's address made this signature: by its key (ecrecover), or, for a contract
+    wallet, by its own say (EIP-1271). chain_events.rpc.RpcError when the node cannot be asked."""
+    signature = _signature_bytes(signature_hex)
+    try:
+        if recover_signer(message_text, signature) == message.address:
+            return
+        refusal = InvalidInput("signature", "was not made by the message's address")
+    except InvalidInput as exc:
+        refusal = exc
+    # No key recovers to a smart-contract wallet's address: the contract itself says yes or no.
+    if not contract_wallets.is_contract(message.address):
+        raise refusal
+    if not contract_wallets.accepts_signature(message.address, defunct_hash_message(text=message_text), signature):
+        raise InvalidInput(
+            "signature", "was not accepted by the message's address, a contract wallet (EIP-1271 isValidSignature)"
+        )
 
 
 def verify_sign_in(message_text: str, signature: str, *, now: datetime | None = None) -> SiweMessage:
@@ -253,8 +297,7 @@ def verify_sign_in(message_text: str, signature: str, *, now: datetime | None = 
     now = now or timezone.now()
     message = parse_message(message_text)
     _check_terms(message, now)
-    if recover_signer(message_text, signature) != message.address:
-        raise InvalidInput("signature", "was not made by the message's address")
+    _check_signature(message, message_text, signature)
     if not consume_sign_in_nonce(message.nonce):
         raise _bad("Nonce is unknown, expired or already used; request a new one")
     return message

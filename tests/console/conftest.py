@@ -40,6 +40,20 @@ def clients(operator, reader):
     return {"operator": operator_client, "reader": reader_client, "anonymous": Client()}
 
 
+@pytest.fixture
+def worker_in_this_process():
+    """What the console queues for the worker runs at once, here (Celery's eager mode), with this
+    process's operator key. The real worker runs it in test_console_sends_worker.py."""
+    from bookme.celery import app
+
+    before = app.conf.task_always_eager
+    app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        app.conf.task_always_eager = before
+
+
 def make_booking(customer_address: str, **overrides) -> Booking:
     fields = {
         "customer": customer_address,

@@ -52,7 +52,8 @@ def run_action(browser, action: str, pk) -> None:
     browser.find_element(By.CSS_SELECTOR, "button[name='index']").click()
 
 
-def test_operator_retries_a_dead_letter_and_refunds_an_orphan(browser, live_server, chain_settings, operator):
+def test_operator_retries_a_dead_letter_and_refunds_an_orphan(browser, live_server, chain_settings, operator,
+                                                               worker_in_this_process):
     dead_letter = create_dead_letter()
     orphan = create_orphan(chain_settings)
     customer = chain_settings.accounts.customers[1].address
@@ -80,7 +81,7 @@ def test_operator_retries_a_dead_letter_and_refunds_an_orphan(browser, live_serv
     assert "emergencyCancelBooking" in browser.find_element(By.ID, "console-warning").text
     browser.find_element(By.NAME, "reason").send_keys("paid for a booking we lost in a restore")
     browser.find_element(By.ID, "console-confirm").click()
-    assert "Refund sent: 1 of 1" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
+    assert "Refund queued: 1 of 1" in browser.find_element(By.CSS_SELECTOR, ".messagelist").text
 
     refund = SentTransaction.objects.get(orphan=orphan)
     assert (refund.status, refund.actor) == (TxStatus.MINED, "staff:olivia")

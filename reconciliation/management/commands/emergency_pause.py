@@ -1,6 +1,8 @@
 """manage.py emergency_pause --reason "...": pause the escrow contract now (operator key).
 
 --unpause unpauses instead (owner-only on chain: needs CONTRACT_OWNER_PRIVATE_KEY).
+Sends directly, not through the worker's queue (an incident pause waits on no broker and no busy
+worker): run it where the operator key is set, e.g. on the worker's host.
 """
 import getpass
 

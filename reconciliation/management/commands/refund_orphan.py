@@ -1,4 +1,7 @@
-"""manage.py refund_orphan <id> --reason "...": refund an orphan payment (emergencyCancelBooking)."""
+"""manage.py refund_orphan <id> --reason "...": refund an orphan payment (emergencyCancelBooking).
+
+Sends directly, not through the worker's queue: run it where the operator key is set (the worker's host).
+"""
 import getpass
 
 from django.core.management.base import BaseCommand, CommandError
