@@ -17,7 +17,16 @@ from chain_events.models import ChainEvent
 from common.console import ConsoleInline, ConsoleModelAdmin
 from common.eth import usdc
 
-from .models import AttentionItem, Booking, BookingStatusChange, PlatformFee, ProviderEarnings, SignatureNonce
+from .models import (
+    AttentionItem,
+    Booking,
+    BookingStatusChange,
+    InviteCode,
+    PlatformFee,
+    ProviderEarnings,
+    Referral,
+    SignatureNonce,
+)
 from .selectors import stuck_bookings
 
 
@@ -192,3 +201,21 @@ class ProviderEarningsAdmin(ConsoleModelAdmin):
     def earned(self, earnings):
         return usdc(earnings.total_earned)
 
+
+
+@admin.register(InviteCode)
+class InviteCodeAdmin(ConsoleModelAdmin):
+    list_display = ("code", "inviter_address", "created_at")
+    search_fields = ("=code", "=inviter_address")
+    readonly_fields = ("code", "inviter_address", "created_at")
+    fields = readonly_fields
+
+
+@admin.register(Referral)
+class ReferralAdmin(ConsoleModelAdmin):
+    """Who invited whom (bound for good when the invitee redeemed the code)."""
+
+    list_display = ("invitee_address", "invite_code", "redeemed_at")
+    search_fields = ("=invitee_address", "=invite_code__code", "=invite_code__inviter_address")
+    readonly_fields = ("invitee_address", "invite_code", "redeemed_at")
+    fields = readonly_fields

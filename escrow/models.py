@@ -209,3 +209,33 @@ class WalletToken(models.Model):
 
     def __str__(self):
         return f"token for {self.address}"
+
+
+class InviteCode(models.Model):
+    """A code an inviter hands out (escrow.referrals). Any number of wallets may redeem it; each
+    wallet redeems one code, once, and is then bound to its inviter for good (Referral)."""
+
+    code = models.CharField(max_length=16, unique=True)
+    inviter_address = models.CharField(max_length=42, db_index=True, help_text="EIP-55 checksummed")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+
+    def __str__(self):
+        return f"invite code {self.code} of {self.inviter_address}"
+
+
+class Referral(models.Model):
+    """A wallet bound to the inviter of the code it redeemed: the inviter of every booking it
+    makes as customer (unless that inviter is the booking's provider). Never changed or deleted."""
+
+    invitee_address = models.CharField(max_length=42, unique=True, help_text="EIP-55 checksummed")
+    invite_code = models.ForeignKey(InviteCode, on_delete=models.PROTECT, related_name="referrals")
+    redeemed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["redeemed_at", "id"]
+
+    def __str__(self):
+        return f"{self.invitee_address} invited with {self.invite_code.code}"

@@ -11,7 +11,7 @@ from eth_utils import keccak
 
 from chain_events import scanner
 from chain_events.reports import ScanReport
-from escrow import services
+from escrow import referrals, services
 from escrow.models import Booking
 
 
@@ -31,11 +31,12 @@ class Flow:
     def booking(
         self, *, customer: int = 0, amount: int = 100 * 10**6, provider: str = "provider", inviter=None
     ) -> Booking:
+        if inviter:  # the customer redeems the inviter's code first (escrow.referrals)
+            referrals.redeem_invite_code(self.customer(customer), referrals.create_invite_code(inviter))
         return services.create_booking(
             customer=self.customer(customer),
             provider=provider_address(provider),
             amount=amount,
-            inviter=inviter,
             scheduled_at=timezone.now() + timedelta(days=3),
             actor="test",
         )

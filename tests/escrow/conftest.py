@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 
 from escrow.services import create_booking
 
-from .helpers import wallet, wallet_client
+from .helpers import bind_to_inviter, wallet, wallet_client
 
 
 @pytest.fixture
@@ -34,9 +34,12 @@ def stranger():
 
 @pytest.fixture
 def make_booking():
-    """create_booking with sensible defaults (a booking two days ahead, 100.50 USDC)."""
+    """create_booking with sensible defaults (a booking two days ahead, 100.50 USDC). With
+    `inviter`, the customer first redeems an invite code of the inviter (its first booking)."""
 
-    def make(customer, provider, **overrides):
+    def make(customer, provider, *, inviter=None, **overrides):
+        if inviter is not None:
+            bind_to_inviter(getattr(customer, "address", customer), getattr(inviter, "address", inviter))
         fields = {
             "customer": getattr(customer, "address", customer),
             "provider": getattr(provider, "address", provider),

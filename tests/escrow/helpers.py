@@ -9,6 +9,7 @@ from eth_account.messages import encode_defunct
 from eth_utils import keccak
 from rest_framework.test import APIClient
 
+from escrow.referrals import create_invite_code, redeem_invite_code
 from escrow.wallet_tokens import issue_wallet_token
 
 
@@ -22,6 +23,11 @@ def wallet_client(account) -> APIClient:
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {issue_wallet_token(account.address).token}")
     return client
+
+
+def bind_to_inviter(invitee: str, inviter: str) -> None:
+    """`invitee` redeems a new invite code of `inviter` (escrow.referrals): its later bookings carry that inviter."""
+    redeem_invite_code(invitee, create_invite_code(inviter))
 
 
 def future_iso(**delta) -> str:

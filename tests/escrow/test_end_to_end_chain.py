@@ -76,13 +76,15 @@ def test_pay_replay_expiry_and_cancellation_through_the_api_and_the_contract(cha
     customer, provider, inviter = chain.accounts.customers[:3]
     settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS = 0
 
-    # -- sign in with Ethereum and book (12 h ahead: a customer cancelling gets the partial refund)
+    # -- sign in with Ethereum, redeem the inviter's code, and book (12 h ahead: a customer
+    # cancelling gets the partial refund)
+    code = sign_in(inviter, chain_id=chain.chain_id).post("/api/referrals/invite-codes/", format="json").json()["code"]
     api = sign_in(customer, chain_id=chain.chain_id)
+    assert api.post("/api/referrals/redeem/", {"code": code}, format="json").status_code == 201
     response = api.post(
         "/api/bookings/",
         {
             "provider": provider.address.lower(),
-            "inviter": inviter.address,
             "amount": "100.50",
             "scheduled_at": (timezone.now() + timedelta(hours=12)).isoformat(),
             "description": "two-hour lesson",

@@ -146,6 +146,7 @@ def test_reads_many_bookings_in_few_round_trips(chain_settings, settings, make_b
 
     settings.RECONCILE_BATCH_SIZE = 4
     settings.RECONCILE_CALLS_PER_REQUEST = 3
+    settings.MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET = 10  # one customer books them all
     bookings = [make_booking() for _ in range(10)]
     pay(bookings[3])
     client = get_rpc_client()
