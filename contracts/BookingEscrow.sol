@@ -26,13 +26,14 @@ import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
  *    completion delay, pauses and is the only one who can unpause.
  *  - signer: backend key whose EIP-712 signatures authorize payments and cancellations.
  *  - operator: backend hot key; completes bookings after the service window, emergency
- *    cancels (full refund) and can pause in an incident.
+ *    cancels (full refund), pays out a disputed booking with the split staff decided, and can
+ *    pause in an incident.
  *  - feeRecipient: receives platform fees.
  *
  * Pause semantics: while paused, `createAndPayBooking`, `createAndPayBookingWithPermit`,
- * `completeService` and `completeServiceByOperator` revert with `EnforcedPause()`.
- * `cancelBooking` and `emergencyCancelBooking` keep working while paused, so refunds are
- * always possible. Both the owner and the operator can pause (fast incident response);
+ * `completeService`, `completeServiceByOperator` and `resolveDispute` revert with
+ * `EnforcedPause()`. `cancelBooking` and `emergencyCancelBooking` keep working while paused,
+ * so refunds are always possible. Both the owner and the operator can pause (fast incident response);
  * only the owner can unpause (a compromised operator key cannot undo an owner's pause).
  *
  * Fees are basis points and round down; the provider receives the remainder, so the
@@ -404,6 +405,46 @@ contract BookingEscrow is EIP712, ReentrancyGuard, Pausable, Ownable2Step {
         b.status = Status.Cancelled;
         _pay(b.customer, amount);
         emit BookingCancelled(bookingId, msg.sender, amount, 0, 0, 0, reason);
+    }
+
+    // ---------------------------------------------------------------------------------
+    // Disputes (operator; blocked while paused)
+    // ---------------------------------------------------------------------------------
+
+    /**
+     * @notice Pay out a disputed booking with the split staff decided: any four parts that sum
+     * to the amount (the inviter part only if the booking has an inviter). Operator only.
+     * Emits `BookingCancelled` (cancelledBy = the operator), so indexers apply it like any
+     * cancellation with that split.
+     * @dev Blocked while paused, unlike the other cancellations: the operator chooses who gets
+     * the money, so this is a payout on the operator's word like `completeServiceByOperator`,
+     * and a pause (the answer to a suspected operator key leak) must stop it. A full refund
+     * stays possible while paused through `emergencyCancelBooking`.
+     */
+    function resolveDispute(
+        bytes32 bookingId,
+        uint256 customerAmount,
+        uint256 providerAmount,
+        uint256 platformAmount,
+        uint256 inviterAmount,
+        string calldata reason
+    ) external nonReentrant whenNotPaused onlyOperator {
+        Booking storage b = _requirePaid(bookingId);
+        uint256 sum = customerAmount + providerAmount + platformAmount + inviterAmount;
+        if (sum != b.amount) revert SplitMismatch(sum, b.amount);
+        address inviter = b.inviter;
+        if (inviterAmount != 0 && inviter == address(0)) revert InviterAmountWithoutInviter();
+
+        b.status = Status.Cancelled;
+
+        _pay(b.customer, customerAmount);
+        _pay(b.provider, providerAmount);
+        _pay(feeRecipient, platformAmount);
+        _pay(inviter, inviterAmount);
+
+        emit BookingCancelled(
+            bookingId, msg.sender, customerAmount, providerAmount, platformAmount, inviterAmount, reason
+        );
     }
 
     // ---------------------------------------------------------------------------------

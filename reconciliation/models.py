@@ -8,7 +8,10 @@
   completion, pause), with its nonce, every hash it was broadcast under (fee bumps replace it
   under the same nonce), fees, outcome, and who asked for it and why.
 - `OperatorNonce`: the next nonce of a sending account; its row lock serialises nonce allocation.
+  The settle job stores what it last found about the account's nonces on the chain.
 - `EmergencyPause`: who paused (or unpaused) the contract, why, when, with which transaction.
+- `Dispute`: a customer contests a paid booking before its payout; an operator decides the split,
+  which the operator account pays out with `resolveDispute` (reconciliation.disputes).
 """
 from django.db import models
 
@@ -95,6 +98,11 @@ class TxPurpose(models.TextChoices):
     OPERATOR_COMPLETE = "operator_complete", "Operator completion"
     PAUSE = "pause", "Pause contract"
     UNPAUSE = "unpause", "Unpause contract"
+    # A zero-value transfer to itself that uses a nonce no transaction of ours holds any more
+    # (dropped, or its block left the chain), so the account's later transactions can mine.
+    NONCE_FILL = "nonce_fill", "Nonce fill"
+    # resolveDispute: a disputed booking paid out with the split an operator decided.
+    DISPUTE_RESOLUTION = "dispute_resolution", "Dispute resolution"
     OTHER = "other", "Other"
 
 
@@ -128,6 +136,8 @@ class SentTransaction(models.Model):
     replacements = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=16, choices=TxStatus.choices, default=TxStatus.PREPARING, db_index=True)
     block_number = models.PositiveBigIntegerField(null=True, blank=True)
+    # The block the receipt named: the settle job compares it with the chain while the block can still be reorged.
+    block_hash = models.CharField(max_length=66, blank=True, default="")
     gas_used = models.PositiveBigIntegerField(null=True, blank=True)
     effective_gas_price = Uint256Field(null=True, blank=True)
     error = models.TextField(blank=True, default="")
@@ -152,6 +162,11 @@ class OperatorNonce(models.Model):
     chain_id = models.PositiveBigIntegerField()
     address = models.CharField(max_length=42)
     next_nonce = models.PositiveBigIntegerField(default=0)
+    # At the settle job's last check: nonces below the account's highest unmined transaction of
+    # ours that neither the chain nor any transaction of ours holds. The node holds every later
+    # transaction back until they are used (metric bookme_operator_nonce_gap).
+    nonce_gap = models.PositiveIntegerField(default=0)
+    checked_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -179,3 +194,38 @@ class EmergencyPause(models.Model):
 
     def __str__(self):
         return f"{self.action} by {self.actor} at {self.created_at:%Y-%m-%d %H:%M}"
+
+
+class DisputeStatus(models.TextChoices):
+    OPEN = "OPEN", "Open: waiting for an operator"
+    # The operator's split is recorded and sent (resolveDispute); the booking ends when its
+    # BookingCancelled log is processed. A send that failed can be decided again.
+    DECIDED = "DECIDED", "Decided: the split is sent to the chain"
+
+
+class Dispute(models.Model):
+    """A customer contests a paid booking before it is paid out: the booking leaves auto-complete
+    (an operator decides instead) and shows in the console. One per booking. The outcome is the
+    booking's own: CANCELLED with the decided split once the resolution is on chain."""
+
+    booking = models.OneToOneField("escrow.Booking", on_delete=models.PROTECT, related_name="dispute")
+    opened_by = models.CharField(max_length=42, help_text="the customer's address")
+    reason = models.TextField()
+    evidence = models.TextField(blank=True, default="", help_text="the customer's account of what happened")
+    links = models.JSONField(default=list, blank=True, help_text="http(s) links the customer gave as evidence")
+    status = models.CharField(max_length=16, choices=DisputeStatus.choices, default=DisputeStatus.OPEN)
+    opened_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # The operator's decision: four parts in USDC base units that sum to the booking's amount.
+    customer_amount = Uint256Field(null=True, blank=True)
+    provider_amount = Uint256Field(null=True, blank=True)
+    platform_amount = Uint256Field(null=True, blank=True)
+    inviter_amount = Uint256Field(null=True, blank=True)
+    decided_by = models.CharField(max_length=200, blank=True, default="")
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-opened_at"]
+
+    def __str__(self):
+        return f"dispute #{self.pk} on booking {self.booking_id} ({self.status})"

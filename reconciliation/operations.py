@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 from eth_account import Account
 
@@ -33,11 +33,12 @@ from common.singleflight import single_flight
 from escrow import attention
 from escrow.chain_effects import IMPLIED_CHAIN_STATUS
 from escrow.chain_state import ChainStatus
-from escrow.models import AttentionKind, Booking, BookingStatus
+from escrow.models import AttentionKind, Booking, BookingStatus, SignatureKind, SignatureNonce
 
 from .chain_ingest import rebuild_bookings_from_logs
 from .chain_reads import confirmed_block, fetch_booking_logs, read_chain_bookings, read_contract_paused
 from .models import (
+    Dispute,
     EmergencyPause,
     PauseAction,
     ReconciliationFlag,
@@ -46,7 +47,7 @@ from .models import (
     TxStatus,
 )
 from .selectors import forget_contract_paused
-from .transactions import TransactionError, TransactionRejected, escrow_call, send_transaction, wait_for_transaction
+from .transactions import TransactionError, TransactionRejected, escrow_call, send_transaction
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +154,9 @@ def _one_at_a_time(name: str):
 
 
 def _already_sent(**filters) -> SentTransaction | None:
+    """The latest transaction of these filters that is going out or went out. A MINED one whose
+    block later left the chain stops counting once the settle job re-checked it (sent again:
+    SUBMITTED, which still counts; given up: FAILED)."""
     return SentTransaction.objects.filter(
         status__in=[TxStatus.PREPARING, TxStatus.SUBMITTED, TxStatus.MINED], **filters
     ).order_by("-created_at").first()
@@ -163,8 +167,22 @@ def _booking_id_bytes(chain_booking_id: str) -> bytes:
 
 
 # -- orphans ----------------------------------------------------------------------------------------
-def refund_orphan(orphan: Orphan, *, actor: str, reason: str) -> SentTransaction:
+def check_orphan_refund(orphan: Orphan) -> None:
+    """ActionRefused unless the orphan can be refunded now: OPEN or IGNORED, still escrowed on
+    chain, no refund sent yet. The console asks before it queues a refund for the worker;
+    refund_orphan asks again under its lock."""
+    if orphan.status not in (OrphanStatus.OPEN, OrphanStatus.IGNORED):
+        raise ActionRefused(f"the orphan is {orphan.status}, not OPEN or IGNORED")
+    if orphan.chain_status != ChainStatus.PAID:
+        raise ActionRefused(f"nothing to refund: the chain shows {orphan.chain_status}")
+    previous = _already_sent(orphan=orphan, purpose=TxPurpose.EMERGENCY_CANCEL)
+    if previous is not None:
+        raise ActionRefused(f"a refund was already sent ({previous.status}, tx {previous.tx_hash or 'pending'})")
+
+
+def refund_orphan(orphan: Orphan, *, actor: str, reason: str, wait: bool = True) -> SentTransaction:
     """Refund an orphan's payment in full to its customer with emergencyCancelBooking (operator).
+    Staff's refund waits for the receipt; the periodic policy refund (`wait=False`) does not.
 
     The orphan becomes RESOLVED when its BookingCancelled log is processed (scanner / handlers,
     resolved_by "chain"); this records who asked and why in its note and on the transaction.
@@ -175,20 +193,14 @@ def refund_orphan(orphan: Orphan, *, actor: str, reason: str) -> SentTransaction
     reason = _require_reason(reason)
     with _one_at_a_time(f"reconciliation:orphan-refund:{orphan.pk}"):
         orphan = Orphan.objects.get(pk=orphan.pk)
-        if orphan.status not in (OrphanStatus.OPEN, OrphanStatus.IGNORED):
-            raise ActionRefused(f"the orphan is {orphan.status}, not OPEN or IGNORED")
-        if orphan.chain_status != ChainStatus.PAID:
-            raise ActionRefused(f"nothing to refund: the chain shows {orphan.chain_status}")
-        previous = _already_sent(orphan=orphan, purpose=TxPurpose.EMERGENCY_CANCEL)
-        if previous is not None:
-            raise ActionRefused(f"a refund was already sent ({previous.status}, tx {previous.tx_hash or 'pending'})")
+        check_orphan_refund(orphan)
         if orphan.status == OrphanStatus.IGNORED:
             changed = orphan.move_to(OrphanStatus.OPEN, f"reopened by {actor} to refund it: {reason}")
             orphan.save(update_fields=[*changed, "updated_at"])
         record = send_transaction(
             purpose=TxPurpose.EMERGENCY_CANCEL,
             data=escrow_call("emergencyCancelBooking", _booking_id_bytes(orphan.chain_booking_id), reason),
-            actor=actor, reason=reason, orphan=orphan,
+            actor=actor, reason=reason, orphan=orphan, wait=wait,
         )
     Orphan.objects.filter(pk=orphan.pk).update(
         note=(orphan.note + f"\nrefund sent by {actor} in tx {record.tx_hash}: {reason}").strip(),
@@ -211,7 +223,8 @@ def ignore_orphan(orphan: Orphan, *, actor: str, reason: str) -> Orphan:
 
 def auto_refund_orphans(*, now: datetime | None = None) -> dict:
     """Policy refunds: with ORPHAN_AUTO_REFUND on, OPEN orphans still escrowed on chain and older
-    than ORPHAN_REFUND_GRACE_SECONDS are refunded (one failure does not stop the others)."""
+    than ORPHAN_REFUND_GRACE_SECONDS are refunded (one failure does not stop the others). Sent,
+    not waited for: the run holds its lock, and the settle job records the outcomes."""
     counts = {"enabled": settings.ORPHAN_AUTO_REFUND, "refunded": 0, "failed": 0, "skipped": 0}
     if not settings.ORPHAN_AUTO_REFUND:
         return counts
@@ -223,7 +236,7 @@ def auto_refund_orphans(*, now: datetime | None = None) -> dict:
     ).order_by("created_at")
     for orphan in due:
         try:
-            refund_orphan(orphan, actor=ORPHAN_REFUND_ACTOR,
+            refund_orphan(orphan, actor=ORPHAN_REFUND_ACTOR, wait=False,
                           reason=f"automatic refund: paid on chain, unknown to the database for over "
                                  f"{settings.ORPHAN_REFUND_GRACE_SECONDS} s")
             counts["refunded"] += 1
@@ -236,6 +249,21 @@ def auto_refund_orphans(*, now: datetime | None = None) -> dict:
 
 
 # -- bookings: emergency cancel and operator completion -----------------------------------------------
+def check_emergency_cancel(booking: Booking) -> None:
+    """ActionRefused unless the booking's money is escrowed on chain now (one eth_call; the
+    contract's state decides, not the booking's status) and no refund or completion was sent
+    for it. The console asks before it queues a refund for the worker; emergency_cancel_booking
+    asks again under its lock."""
+    on_chain = read_chain_bookings([booking.chain_booking_id])[booking.chain_booking_id].status
+    if on_chain != ChainStatus.PAID:
+        raise ActionRefused(
+            f"nothing to refund: the chain shows {on_chain} for this booking (the database says {booking.status})"
+        )
+    previous = _already_sent(booking=booking, purpose__in=[TxPurpose.EMERGENCY_CANCEL, TxPurpose.OPERATOR_COMPLETE])
+    if previous is not None:
+        raise ActionRefused(f"a {previous.purpose} transaction was already sent ({previous.status})")
+
+
 def emergency_cancel_booking(booking: Booking, *, actor: str, reason: str) -> SentTransaction:
     """Full refund of a paid booking to its customer (emergencyCancelBooking; works while paused).
     The booking becomes CANCELLED when the BookingCancelled log is processed.
@@ -246,14 +274,7 @@ def emergency_cancel_booking(booking: Booking, *, actor: str, reason: str) -> Se
     reason = _require_reason(reason)
     with _one_at_a_time(f"reconciliation:booking-tx:{booking.pk}"):
         booking = Booking.objects.get(pk=booking.pk)
-        on_chain = read_chain_bookings([booking.chain_booking_id])[booking.chain_booking_id].status
-        if on_chain != ChainStatus.PAID:
-            raise ActionRefused(
-                f"nothing to refund: the chain shows {on_chain} for this booking (the database says {booking.status})"
-            )
-        previous = _already_sent(booking=booking, purpose__in=[TxPurpose.EMERGENCY_CANCEL, TxPurpose.OPERATOR_COMPLETE])
-        if previous is not None:
-            raise ActionRefused(f"a {previous.purpose} transaction was already sent ({previous.status})")
+        check_emergency_cancel(booking)
         return send_transaction(
             purpose=TxPurpose.EMERGENCY_CANCEL,
             data=escrow_call("emergencyCancelBooking", _booking_id_bytes(booking.chain_booking_id), reason),
@@ -261,16 +282,55 @@ def emergency_cancel_booking(booking: Booking, *, actor: str, reason: str) -> Se
         )
 
 
+def _live_cancellation_authorizations(now: datetime) -> QuerySet[SignatureNonce]:
+    """Cancellation authorizations a wallet may still execute: live until the grace after their
+    expiry (the chain's clock may trail ours), as for escrow's lapse job."""
+    cutoff = now - timedelta(seconds=settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS)
+    return SignatureNonce.objects.filter(kind=SignatureKind.CANCELLATION, expires_at__gt=cutoff)
+
+
+def _awaiting_payout(now: datetime) -> Q:
+    """Bookings whose escrowed money waits only for its payout: PAID, or PENDING_CANCELLATION
+    whose cancellation lapsed unused (the lapse job has not put it back to PAID yet). Without the
+    latter a customer could ask again each time the last request lapsed and keep the provider's
+    payout waiting for ever (escrow caps the requests, MAX_CANCELLATION_REQUESTS_PER_BOOKING).
+    Never a disputed booking: an operator decides its split (reconciliation.disputes)."""
+    lapsed = Q(status=BookingStatus.PENDING_CANCELLATION) & ~Exists(
+        _live_cancellation_authorizations(now).filter(booking=OuterRef("pk"))
+    )
+    return (Q(status=BookingStatus.PAID) | lapsed) & ~Exists(Dispute.objects.filter(booking=OuterRef("pk")))
+
+
+def check_operator_completion(booking: Booking, *, now: datetime | None = None) -> None:
+    """ActionRefused unless completeServiceByOperator may be sent for the booking now: PAID, or a
+    cancellation that lapsed unused; not disputed; no completion, refund or dispute resolution sent.
+    The console asks before it queues a completion; complete_booking_by_operator asks again under
+    its lock. The contract still checks paidAt + its delay."""
+    now = now or timezone.now()
+    if booking.status == BookingStatus.PENDING_CANCELLATION:
+        live = _live_cancellation_authorizations(now).filter(booking=booking).order_by("-expires_at").first()
+        if live is not None:
+            until = live.expires_at + timedelta(seconds=settings.AUTHORIZATION_EXPIRY_GRACE_SECONDS)
+            raise ActionRefused(f"a cancellation authorization can still be executed until {until:%Y-%m-%d %H:%M:%S} "
+                                "UTC (its expiry and the grace): try again after it")
+    elif booking.status != BookingStatus.PAID:
+        raise ActionRefused(f"the booking is {booking.status}, not PAID")
+    dispute = Dispute.objects.filter(booking=booking).first()
+    if dispute is not None:
+        raise ActionRefused(f"the booking is disputed ({dispute}): resolve the dispute with a split instead")
+    previous = _already_sent(booking=booking, purpose__in=[
+        TxPurpose.EMERGENCY_CANCEL, TxPurpose.OPERATOR_COMPLETE, TxPurpose.DISPUTE_RESOLUTION])
+    if previous is not None:
+        raise ActionRefused(f"a {previous.purpose} transaction was already sent ({previous.status})")
+
+
 def complete_booking_by_operator(booking: Booking, *, actor: str, reason: str, wait: bool = True) -> SentTransaction:
-    """completeServiceByOperator for one PAID booking (the contract checks paidAt + its delay)."""
+    """completeServiceByOperator for one booking that awaits its payout (check_operator_completion);
+    auto-complete's, and the console's "complete for the provider"."""
     reason = _require_reason(reason)
     with _one_at_a_time(f"reconciliation:booking-tx:{booking.pk}"):
         booking = Booking.objects.get(pk=booking.pk)
-        if booking.status != BookingStatus.PAID:
-            raise ActionRefused(f"the booking is {booking.status}, not PAID")
-        previous = _already_sent(booking=booking, purpose__in=[TxPurpose.EMERGENCY_CANCEL, TxPurpose.OPERATOR_COMPLETE])
-        if previous is not None:
-            raise ActionRefused(f"a {previous.purpose} transaction was already sent ({previous.status})")
+        check_operator_completion(booking)
         return send_transaction(
             purpose=TxPurpose.OPERATOR_COMPLETE,
             data=escrow_call("completeServiceByOperator", _booking_id_bytes(booking.chain_booking_id)),
@@ -279,8 +339,9 @@ def complete_booking_by_operator(booking: Booking, *, actor: str, reason: str, w
 
 
 def auto_complete_candidates(now: datetime):
-    """PAID bookings whose service window passed, not under dispute: no open reconciliation flag,
-    not needing attention, no completion/refund already sent (PENDING_CANCELLATION is not PAID)."""
+    """Bookings awaiting their payout (PAID, or a cancellation that lapsed unused; not disputed)
+    whose service window passed: no open reconciliation flag, not needing attention, no
+    completion/refund already sent. A live cancellation authorization keeps its booking out."""
     window_end = now - timedelta(seconds=settings.AUTO_COMPLETE_AFTER_SECONDS)
     open_flag = ReconciliationFlag.objects.filter(booking=OuterRef("pk"), resolved_at__isnull=True)
     sent = SentTransaction.objects.filter(
@@ -288,27 +349,29 @@ def auto_complete_candidates(now: datetime):
         status__in=[TxStatus.PREPARING, TxStatus.SUBMITTED, TxStatus.MINED],
     )
     return (
-        Booking.objects.filter(status=BookingStatus.PAID, scheduled_at__lte=window_end, needs_attention=False)
+        Booking.objects.filter(_awaiting_payout(now), scheduled_at__lte=window_end, needs_attention=False)
         .filter(~Exists(open_flag), ~Exists(sent))
         .order_by("scheduled_at")
     )
 
 
 def auto_complete_bookings(*, now: datetime | None = None) -> dict:
-    """Send completeServiceByOperator for every due booking (all sent first, then awaited, so a
-    batch costs about one block). The bookings become COMPLETED when the scanner sees the logs."""
+    """Send completeServiceByOperator for every due booking, and return: nothing here waits for
+    a receipt. The run holds the auto-complete lock, and runs waiting on receipts kept the next
+    ones out (issue 17: 96 of 110 skipped). The settle job records each transaction's outcome
+    (and replaces or re-sends it if needed); the bookings become COMPLETED when the scanner sees
+    the logs."""
     now = now or timezone.now()
-    counts = {"sent": 0, "completed_on_chain": 0, "not_ready": 0, "failed": 0, "paused": False}
+    counts = {"sent": 0, "not_ready": 0, "failed": 0, "paused": False}
     if read_contract_paused():
         counts["paused"] = True  # completions revert while paused; refunds still work
         return counts
-    sent = []
     for booking in auto_complete_candidates(now)[: settings.AUTO_COMPLETE_MAX_PER_RUN]:
         try:
-            sent.append(complete_booking_by_operator(
+            complete_booking_by_operator(
                 booking, actor=AUTO_COMPLETE_ACTOR, wait=False,
                 reason=f"service window passed ({settings.AUTO_COMPLETE_AFTER_SECONDS} s after the scheduled time)",
-            ))
+            )
             counts["sent"] += 1
         except TransactionRejected as exc:
             # e.g. ServiceWindowNotPassed: the contract counts from paidAt, not the scheduled time.
@@ -319,13 +382,6 @@ def auto_complete_bookings(*, now: datetime | None = None) -> dict:
         except (TransactionError, RpcError) as exc:
             counts["failed"] += 1
             log.error("auto-complete of booking %s failed: %s", booking.uuid, exc)
-    for record in sent:
-        try:
-            wait_for_transaction(record)
-            counts["completed_on_chain"] += 1
-        except (TransactionError, RpcError) as exc:
-            counts["failed"] += 1
-            log.error("auto-complete tx %s: %s", record.tx_hash, exc)
     return counts
 
 

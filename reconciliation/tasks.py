@@ -3,8 +3,10 @@
 Thin callers of reconciliation.reconcile, reconciliation.operations and
 reconciliation.transactions. Each runs single-flight (common.singleflight: a PostgreSQL advisory
 lock): beat firing again while a slow run is still going, or acks_late delivering a task twice,
-does not start a second run; the second one is skipped. A run that fails on the RPC is logged
-and reported, not raised: the next beat tries again.
+does not start a second run; the second one is skipped. No run waits for a transaction's
+receipt while it holds its lock (auto-complete sends and returns; the settle job records
+outcomes later). A run that fails on the RPC is logged and reported, not raised: the next beat
+tries again.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from celery import shared_task
 from chain_events.rpc import RpcError
 from common.singleflight import single_flight
 
-from . import operations, reconcile, transactions
+from . import console_requests, operations, reconcile, transactions
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,38 @@ def auto_refund_orphans() -> dict:
         return operations.auto_refund_orphans()
 
 
-@shared_task(name="reconciliation.settle_stale_transactions", acks_late=True, ignore_result=True)
-def settle_stale_transactions() -> dict:
+@shared_task(name="reconciliation.settle_transactions", acks_late=True, ignore_result=True)
+def settle_transactions() -> dict:
+    """Its own lock: auto-complete and the settle job never wait for each other."""
     with single_flight(lock_name("settle-transactions")) as acquired:
         if not acquired:
             return {"skipped": True}
-        return _reported_if_rpc_fails(transactions.settle_stale_transactions, "settling operator transactions")
+        return _reported_if_rpc_fails(transactions.settle_transactions, "settling operator transactions")
+
+
+# -- operator transactions asked for in the console (reconciliation.console_requests) ---------------
+# Queued by the console, sent here: only the worker holds the operator key. Not single-flight by
+# task: the operations' own lock per booking/orphan keeps two requests from sending twice.
+@shared_task(name="reconciliation.send_emergency_cancel", acks_late=True, ignore_result=True)
+def send_emergency_cancel(booking_id: int, actor: str, reason: str) -> dict:
+    return console_requests.emergency_cancel(booking_id, actor=actor, reason=reason)
+
+
+@shared_task(name="reconciliation.send_orphan_refund", acks_late=True, ignore_result=True)
+def send_orphan_refund(orphan_id: int, actor: str, reason: str) -> dict:
+    return console_requests.refund_orphan(orphan_id, actor=actor, reason=reason)
+
+
+@shared_task(name="reconciliation.send_pause", acks_late=True, ignore_result=True)
+def send_pause(actor: str, reason: str) -> dict:
+    return console_requests.pause(actor=actor, reason=reason)
+
+
+@shared_task(name="reconciliation.send_operator_completion", acks_late=True, ignore_result=True)
+def send_operator_completion(booking_id: int, actor: str, reason: str) -> dict:
+    return console_requests.complete_for_provider(booking_id, actor=actor, reason=reason)
+
+
+@shared_task(name="reconciliation.send_dispute_resolution", acks_late=True, ignore_result=True)
+def send_dispute_resolution(dispute_id: int, actor: str, reason: str, parts: list[str]) -> dict:
+    return console_requests.resolve_dispute(dispute_id, actor=actor, reason=reason, parts=parts)

@@ -104,6 +104,7 @@ EXPECTED_ESCROW_FUNCTIONS = {
     "paused()",
     "pendingOwner()",
     "renounceOwnership()",
+    "resolveDispute(bytes32,uint256,uint256,uint256,uint256,string)",
     "setFeeRecipient(address)",
     "setOperator(address)",
     "setOperatorCompletionDelay(uint256)",
@@ -156,7 +157,7 @@ def test_abi_surface():
 
 
 def test_artifact_shape_and_cache():
-    for name in ("BookingEscrow", "MockUSDC"):
+    for name in ("BookingEscrow", "MockUSDC", "MockERC1271Wallet"):
         art = artifacts.load_artifact(name)
         assert set(art) == {"contractName", "abi", "bytecode", "deployedBytecode", "sourceHash", "compiler"}
         assert art["contractName"] == name
@@ -220,8 +221,8 @@ def test_check_detects_stale_build_and_compile_errors_fail_loudly(tmp_path):
     work = tmp_path / "repo"
     (work / "contracts").mkdir(parents=True)
     (work / "node_modules").symlink_to(REPO_ROOT / "node_modules")
-    for f in ("BookingEscrow.sol", "MockUSDC.sol", "compile.js"):
-        shutil.copy(REPO_ROOT / "contracts" / f, work / "contracts" / f)
+    for source in [*(REPO_ROOT / "contracts").glob("*.sol"), REPO_ROOT / "contracts" / "compile.js"]:
+        shutil.copy(source, work / "contracts" / source.name)
     shutil.copytree(REPO_ROOT / "contracts" / "build", work / "contracts" / "build")
 
     # A source change that is not rebuilt is caught.
