@@ -225,6 +225,7 @@ def configure_environment(chain: BenchChain, *, database: str, redis_url: str, e
         "DJANGO_SETTINGS_MODULE": "bookme.settings",
         "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
         "DJANGO_DEBUG": "false",
+        "DJANGO_HTTPS": "false",  # served over plain HTTP on localhost
         "DATABASE_URL": database_url(database),
         "REDIS_URL": redis_url,
         "CACHE_KEY_PREFIX": f"bench-{database}",

@@ -64,6 +64,7 @@ def bench_environment(database: str, redis_url: str, throttle_rate: str) -> dict
         "DJANGO_SETTINGS_MODULE": "bookme.settings",
         "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
         "DJANGO_DEBUG": "false",
+        "DJANGO_HTTPS": "false",  # served over plain HTTP on localhost
         "DATABASE_URL": f"{server}/{database}",
         "DATABASE_CONN_MAX_AGE": "600",
         "REDIS_URL": redis_url,
@@ -74,6 +75,9 @@ def bench_environment(database: str, redis_url: str, throttle_rate: str) -> dict
         "USDC_CONTRACT_ADDRESS": "0x5FbDB2315678afecb367f032d93F642f64180aa3",
         "SIGNER_PRIVATE_KEY": ANVIL_SIGNER_KEY,
         "AUTHORIZATION_THROTTLE_RATE": throttle_rate,
+        # Every wallet books the one bench provider, several times: no spam caps here.
+        "MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET": "1000000",
+        "MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER": "1000000",
         "LOG_LEVEL": "WARNING",
     }
 

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib.admin.apps import AdminConfig
 
 
@@ -17,3 +18,10 @@ class ConsoleAdminConfig(AdminConfig):
         import chain_events.rpc  # noqa: F401  bookme_rpc_errors_total
         import reconciliation.metrics  # noqa: F401  bookme_reconciliation_mismatches_total, _run_seconds
         import reconciliation.transactions  # noqa: F401  bookme_backend_transactions_total
+
+        from .checks import check_identity_at_start
+
+        # The web process and the worker refuse to run against another chain, or with keys the
+        # contract does not know; commands, beat and tests start without asking the node.
+        if settings.PROCESS_ROLE in ("web", "worker"):
+            check_identity_at_start()

@@ -13,6 +13,7 @@ from chain_events.rpc import RpcError
 from common.console import is_operator
 from escrow.models import Booking
 from escrow.selectors import STUCK_AFTER, stuck_bookings
+from reconciliation.disputes import unsettled_disputes
 from reconciliation.selectors import contract_paused, last_pause_sent, last_report, open_flags
 
 
@@ -43,7 +44,8 @@ def _changelist(name: str, query: str = "") -> str:
 
 
 def attention_summary(*, now=None) -> Attention:
-    """Counts for the admin index: dead letters, open orphans, stuck bookings, flags, sync lag, pause."""
+    """Counts for the admin index: dead letters, open orphans, stuck bookings, flags, disputes, sync
+    lag, pause."""
     now = now or timezone.now()
     items = []
     dead = ChainEvent.objects.filter(status=EventStatus.DEAD_LETTER, resolved_at__isnull=True).count()
@@ -76,6 +78,11 @@ def attention_summary(*, now=None) -> Attention:
     items.append(AttentionItem(
         "Open reconciliation flags", flags, _changelist("reconciliation_reconciliationflag", "open=1"),
         "warning" if flags else "ok",
+    ))
+    disputed = unsettled_disputes().count()
+    items.append(AttentionItem(
+        "Open disputes (not paid out yet)", disputed, _changelist("reconciliation_dispute", "open=1"),
+        "warning" if disputed else "ok",
     ))
     cursors = list(SyncCursor.objects.all())
     if not cursors:

@@ -7,13 +7,28 @@ Components, checked in order (a later check may use an earlier one's result):
 - rpc: the node's head block and its age (degraded when older than HEALTH_HEAD_MAX_AGE).
 - contract: whether the escrow is paused (degraded while paused: payments and completions stop),
   with the last pause record (who, why, when).
+- identity: the node's eth_chainId is CHAIN_ID and the contract's signer()/operator() are the
+  configured keys' addresses (unhealthy on a mismatch, naming both values; bookme/checks.py).
 - sync: the scanner cursor's lag behind the head in blocks and the age of its last scan
   (degraded beyond HEALTH_SYNC_MAX_LAG_BLOCKS / HEALTH_SYNC_MAX_SCAN_AGE or before the first
   scan; unhealthy when a deep reorg halted the scanner).
+
+The chain part (rpc, contract, identity) asks the node, so a request never runs it: the worker
+does, every HEALTH_CHAIN_REFRESH_SECONDS (bookme.tasks → refresh_chain_health), and leaves the
+result in the cache. A request only reads that; missing, unreadable or older than
+HEALTH_CHAIN_MAX_AGE, each of its components is "unknown" (which degrades, like a failure of a
+non-critical part). A loop of requests on health therefore costs a query and two cache reads
+each, never the RPC quota the scanner needs.
+
+Who sees what (bookme.views.health): the public answer is the overall status and the status of
+each component, nothing else (public_health). Staff signed in to the console get the details
+too: who paused the contract and why, error messages, figures.
 """
 from __future__ import annotations
 
+import logging
 import time
+from datetime import UTC, datetime
 
 from django.conf import settings
 from django.core.cache import cache
@@ -24,7 +39,12 @@ from chain_events.models import SyncCursor
 from chain_events.rpc import get_rpc_client
 from reconciliation.selectors import contract_paused, last_effective_pause_record
 
-HEALTHY, DEGRADED, UNHEALTHY = "healthy", "degraded", "unhealthy"
+from .checks import identity_problems
+
+log = logging.getLogger(__name__)
+
+HEALTHY, DEGRADED, UNHEALTHY, UNKNOWN = "healthy", "degraded", "unhealthy", "unknown"
+CHAIN_HEALTH_CACHE_KEY = "health:chain"
 
 
 def check_database(components: dict | None = None) -> dict:
@@ -66,13 +86,21 @@ def check_contract(components: dict | None = None) -> dict:
     return {"status": DEGRADED if paused else HEALTHY, "paused": paused, **result}
 
 
+def check_identity(components: dict | None = None) -> dict:
+    """The node's chain id and the contract's signer/operator are those of the settings (bookme/checks.py)."""
+    if (components or {}).get("rpc", {}).get("status") == UNHEALTHY:
+        return {"status": UNHEALTHY, "error": "RPC unavailable: chain identity not read"}
+    problems = identity_problems()
+    return {"status": UNHEALTHY, "error": "; ".join(problems)} if problems else {"status": HEALTHY}
+
+
 def check_sync(components: dict | None = None) -> dict:
     cursor = SyncCursor.objects.filter(
         chain_id=settings.CHAIN_ID, contract_address=settings.ESCROW_CONTRACT_ADDRESS.lower()
     ).first()
     if cursor is None:
         return {"status": DEGRADED, "error": "the scanner has not run yet"}
-    # The live head when the RPC check read one; the head seen at the last scan otherwise.
+    # The head the worker last read when it did; the head seen at the last scan otherwise.
     head = (components or {}).get("rpc", {}).get("head_block", cursor.head_block)
     lag = None if head is None else max(0, head - cursor.last_block)
     scan_age = None
@@ -84,8 +112,7 @@ def check_sync(components: dict | None = None) -> dict:
         "last_scan_at": cursor.last_scan_at.isoformat() if cursor.last_scan_at else None,
         "last_scan_age_seconds": scan_age,
         "halted": cursor.halted,
-        # The kind of error only: this endpoint is public, and messages may name endpoints or
-        # database details (staff read the whole message on the console).
+        # The kind of error (the console's sync cursor page has the whole message).
         "last_error": cursor.last_error.split(":", 1)[0] or None,
         "last_error_at": cursor.last_error_at.isoformat() if cursor.last_error and cursor.last_error_at else None,
     }
@@ -97,31 +124,82 @@ def check_sync(components: dict | None = None) -> dict:
     return {"status": DEGRADED if too_far or too_old or failing else HEALTHY, **result}
 
 
-CHECKS = {
-    "database": check_database,
-    "redis": check_redis,
+# The chain part, run by the worker (refresh_chain_health); the local parts, run by each request.
+CHAIN_CHECKS = {
     "rpc": check_rpc,
     "contract": check_contract,
+    "identity": check_identity,
+}
+SERVICE_CHECKS = {
+    "database": check_database,
+    "redis": check_redis,
+}
+SYNC_CHECKS = {
     "sync": check_sync,
 }
 # A dependency whose failure makes the service unusable; others only degrade it.
 CRITICAL = {"database"}
 
 
-def collect_health() -> dict:
-    components: dict[str, dict] = {}
-    for name, check in CHECKS.items():
+def _run(checks: dict, components: dict) -> None:
+    for name, check in checks.items():
         try:
             components[name] = check(components)
         except Exception as exc:  # a health probe reports failures, it never raises them
             components[name] = {"status": UNHEALTHY, "error": f"{type(exc).__name__}: {exc}"[:300]}
+
+
+def refresh_chain_health() -> dict:
+    """Ask the node (head, paused, identity) and leave the answer in the cache for the web process.
+    Run by the worker (bookme.tasks.refresh_chain_health)."""
+    components: dict[str, dict] = {}
+    _run(CHAIN_CHECKS, components)
+    entry = {"checked_at": time.time(), "components": components}
+    # Kept past HEALTH_CHAIN_MAX_AGE so that staff still see the last answer while it is "unknown".
+    cache.set(CHAIN_HEALTH_CACHE_KEY, entry, timeout=10 * int(settings.HEALTH_CHAIN_MAX_AGE.total_seconds()))
+    return entry
+
+
+def _cached_chain_components() -> dict[str, dict]:
+    """The chain part as the worker last left it; "unknown" when missing, unreadable or stale."""
+    try:
+        entry = cache.get(CHAIN_HEALTH_CACHE_KEY)
+    except Exception as exc:  # Redis down: check_redis reports it
+        log.debug("chain health not read from the cache: %s", exc)
+        entry = None
+    if entry is None:
+        why = "the worker has not checked the chain yet (or the cache is unreachable)"
+        return {name: {"status": UNKNOWN, "error": why} for name in CHAIN_CHECKS}
+    age = max(0, int(time.time() - entry["checked_at"]))
+    checked_at = datetime.fromtimestamp(entry["checked_at"], tz=UTC).isoformat()
+    checked = {"checked_at": checked_at, "checked_age_seconds": age}
+    if age > settings.HEALTH_CHAIN_MAX_AGE.total_seconds():
+        why = (f"last checked {age} s ago by the worker (every {settings.HEALTH_CHAIN_REFRESH_SECONDS:g} s "
+               "when it runs): is the worker or beat down?")
+        return {name: {"status": UNKNOWN, "error": why, "last_known": result, **checked}
+                for name, result in entry["components"].items()}
+    return {name: {**result, **checked} for name, result in entry["components"].items()}
+
+
+def collect_health() -> dict:
+    """The whole report, details included (staff see it; public_health() is what others see)."""
+    components: dict[str, dict] = {}
+    _run(SERVICE_CHECKS, components)
+    components.update(_cached_chain_components())
+    _run(SYNC_CHECKS, components)
     overall = HEALTHY
     for name, result in components.items():
-        if result["status"] == UNHEALTHY:
-            if name in CRITICAL:
-                overall = UNHEALTHY
-                break
-            overall = DEGRADED
-        elif result["status"] == DEGRADED and overall == HEALTHY:
+        if result["status"] == UNHEALTHY and name in CRITICAL:
+            overall = UNHEALTHY
+            break
+        if result["status"] != HEALTHY:
             overall = DEGRADED
     return {"status": overall, "components": components}
+
+
+def public_health(report: dict) -> dict:
+    """The state of each part and nothing else: no names, reasons, figures or error texts."""
+    return {
+        "status": report["status"],
+        "components": {name: {"status": result["status"]} for name, result in report["components"].items()},
+    }

@@ -5,23 +5,26 @@ Files: unless BOOKME_READ_ENV_FILES=0, `$BOOKME_STATE_DIR/chain.env` (default `v
 and then `.env` are read; a variable already in the environment always wins, and the first
 file that sets a variable wins over the later one. See docs/configuration.md for the table.
 """
+import ipaddress
+import re
 from datetime import timedelta
 from pathlib import Path
 
 import environ
 
-from common.config import Config
+from common.config import PROCESS_ROLES, Config, ConfigurationError, Secret
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 _env = environ.Env()
 # Local state of this checkout: the dev chain's settings, anvil's pid/log, beat's schedule.
 STATE_DIR = Path(_env.str("BOOKME_STATE_DIR", default=str(BASE_DIR / "var")))
+_own_environment = frozenset(_env.ENVIRON)  # before the files: keys that send are refused only from here
 if _env.bool("BOOKME_READ_ENV_FILES", default=True):
     for _path in (STATE_DIR / "chain.env", BASE_DIR / ".env"):
         if _path.exists():
             environ.Env.read_env(str(_path))  # setdefault semantics: earlier files/environment win
-cfg = Config(_env)
+cfg = Config(_env, from_files=frozenset(_env.ENVIRON) - _own_environment)
 
 # --- Django core -----------------------------------------------------------------------
 SECRET_KEY = cfg.str("DJANGO_SECRET_KEY")
@@ -37,6 +40,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "axes",  # console sign-in lockout (see "Console sign-in" below)
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -56,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last, as django-axes requires: answers locked-out sign-ins
 ]
 
 ROOT_URLCONF = "bookme.urls"
@@ -119,7 +124,35 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": cfg.str("LOG_LEVEL", "INFO")},
 }
 
+# --- HTTPS, cookies, HSTS (manage.py check --deploy) -----------------------------------------
+# Served over HTTPS: by default whenever DEBUG is off. Plain HTTP is then redirected to HTTPS
+# (except health and /metrics, which probes and scrapers inside the network call over HTTP),
+# the session and CSRF cookies are Secure, and browsers are told to use HTTPS only (HSTS).
+HTTPS_ONLY = cfg.bool("DJANGO_HTTPS", not DEBUG)
+SECURE_SSL_REDIRECT = HTTPS_ONLY
+SECURE_REDIRECT_EXEMPT = [r"^api/health/", r"^metrics$"]
+SESSION_COOKIE_SECURE = HTTPS_ONLY
+CSRF_COOKIE_SECURE = HTTPS_ONLY
+SECURE_HSTS_SECONDS = cfg.int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS_ONLY else 0, minimum=0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = cfg.bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = cfg.bool("DJANGO_HSTS_PRELOAD", True)
+# Behind a proxy that terminates TLS, the header it sets to "https" on requests that came over
+# HTTPS (X-Forwarded-Proto, usually). Without it every request looks like plain HTTP and is
+# redirected for ever. Only set it when the proxy always sets (or strips) that header itself.
+_ssl_header = cfg.str("DJANGO_SECURE_PROXY_SSL_HEADER", None)
+if _ssl_header is not None and not re.fullmatch(r"[A-Za-z0-9-]+", _ssl_header):
+    raise ConfigurationError("DJANGO_SECURE_PROXY_SSL_HEADER", "must be a header name such as X-Forwarded-Proto")
+SECURE_PROXY_SSL_HEADER = ("HTTP_" + _ssl_header.upper().replace("-", "_"), "https") if _ssl_header else None
+
 # --- API ---------------------------------------------------------------------------------
+# Per-address limits identify the client by REMOTE_ADDR, or with N trusted proxies in front, by
+# the address the outermost of them saw in X-Forwarded-For (escrow.throttling.client_address).
+# Left at 0 behind a proxy, every client has the proxy's address and shares one budget: the
+# first request with an X-Forwarded-For header says so in the log.
+API_TRUSTED_PROXIES = cfg.int("API_TRUSTED_PROXIES", 0, minimum=0)
+# Every caller of the OpenAPI schema and docs, per client address (escrow.throttling.PublicThrottle).
+# Each view anyone may call has a per-address throttle (tests/foundation/test_public_surface.py).
+PUBLIC_THROTTLE_RATE = cfg.str("PUBLIC_THROTTLE_RATE", "60/minute")
 REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -127,11 +160,17 @@ REST_FRAMEWORK = {
     # ASCII-only JSON: a key echoed back in an error (an unknown field) may hold a lone
     # surrogate, which cannot be encoded as UTF-8; escaped, every string can.
     "UNICODE_JSON": False,
+    # The API's own ways in, on every view (the schema and docs too): a wallet's bearer token and
+    # a staff session. DRF's default also takes Basic authentication, which would make any view a
+    # password-guessing oracle for staff accounts, outside the console's sign-in lockout.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "escrow.authentication.WalletTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     "UNAUTHENTICATED_USER": None,
-    # Per-IP rate limits identify the client by REMOTE_ADDR, or with N trusted proxies in front,
-    # by the address the outermost of them saw in X-Forwarded-For. DRF's default (None) takes
-    # the whole header, which any client can set to get a fresh limit per request.
-    "NUM_PROXIES": cfg.int("API_TRUSTED_PROXIES", 0, minimum=0),
+    # For DRF's own get_ident, should a throttle not use escrow.throttling's: DRF's default (None)
+    # takes the whole header, which any client can set to get a fresh limit per request.
+    "NUM_PROXIES": API_TRUSTED_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "BookMe escrow API",
@@ -159,9 +198,16 @@ CHAIN_CONFIRMATIONS = cfg.int("CHAIN_CONFIRMATIONS", 0, minimum=0)
 # Blocks behind the head treated as final when the node has no `finalized` tag.
 REORG_WINDOW = cfg.int("REORG_WINDOW", 128, minimum=1)
 RPC_TIMEOUT_SECONDS = cfg.float("RPC_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# What this process is (web, worker, beat, command: common.config.PROCESS_ROLES); it decides
+# which keys the process may hold.
+PROCESS_ROLE = cfg.choice("BOOKME_PROCESS_ROLE", PROCESS_ROLES, "command")
 # Secrets: wrapped so that repr/str never show them (admin, logs, error pages).
+# The signer key signs authorizations, in the web process.
 SIGNER_PRIVATE_KEY = cfg.private_key("SIGNER_PRIVATE_KEY")
-OPERATOR_PRIVATE_KEY = cfg.private_key("OPERATOR_PRIVATE_KEY")
+# The operator key sends transactions: required by the worker (console actions queue their sends
+# for it), refused by the web and beat processes, optional for commands (manage.py emergency_pause
+# and refund_orphan send directly where it is set).
+OPERATOR_PRIVATE_KEY = cfg.sending_key("OPERATOR_PRIVATE_KEY", role=PROCESS_ROLE, required_in=("worker",))
 
 # --- Escrow policy -----------------------------------------------------------------------
 AUTHORIZATION_TTL_SECONDS = cfg.int("AUTHORIZATION_TTL_SECONDS", 300, minimum=10)
@@ -195,6 +241,57 @@ HEALTH_HEAD_MAX_AGE = timedelta(seconds=cfg.int("HEALTH_HEAD_MAX_AGE_SECONDS", 1
 HEALTH_SYNC_MAX_LAG_BLOCKS = cfg.int("HEALTH_SYNC_MAX_LAG_BLOCKS", 10, minimum=0)
 HEALTH_SYNC_MAX_SCAN_AGE = timedelta(seconds=cfg.int("HEALTH_SYNC_MAX_SCAN_AGE_SECONDS", 120, minimum=1))
 
+# --- The public surface: health, metrics, console sign-in (issue 15) -----------------------
+# Health never asks the chain from a request: the worker reads the chain part (RPC head, contract
+# paused, chain identity) every HEALTH_CHAIN_REFRESH_SECONDS into the cache (bookme.tasks), the web
+# process only reads it; older than HEALTH_CHAIN_MAX_AGE_SECONDS it is reported "unknown".
+HEALTH_CHAIN_REFRESH_SECONDS = cfg.float("HEALTH_CHAIN_REFRESH_SECONDS", 15.0, minimum=1.0)
+HEALTH_CHAIN_MAX_AGE = timedelta(seconds=cfg.int("HEALTH_CHAIN_MAX_AGE_SECONDS", 60, minimum=1))
+# GET /api/health/ per client address (load balancers probe it; /api/health/live/ is not limited).
+HEALTH_THROTTLE_RATE = cfg.str("HEALTH_THROTTLE_RATE", "120/minute")
+CELERY_IMPORTS = ["bookme.tasks"]  # not an app of its own: autodiscovery does not find it
+CELERY_BEAT_SCHEDULE["refresh-chain-health"] = {
+    "task": "bookme.refresh_chain_health",
+    "schedule": HEALTH_CHAIN_REFRESH_SECONDS,
+    "options": {"expires": HEALTH_CHAIN_REFRESH_SECONDS},
+}
+
+# /metrics of the web process: a scraper sends `Authorization: Bearer <METRICS_BEARER_TOKEN>`, or
+# scrapes from an address in METRICS_ALLOWED_ADDRESSES (addresses or networks; the client address
+# as escrow.throttling.client_address sees it). Anyone else gets 403. The worker's metrics port
+# (WORKER_METRICS_PORT) listens on 127.0.0.1 only.
+_metrics_token = cfg.str("METRICS_BEARER_TOKEN", None)
+if _metrics_token is not None and len(_metrics_token) < 32:
+    raise ConfigurationError("METRICS_BEARER_TOKEN", "must be at least 32 characters")
+METRICS_BEARER_TOKEN = Secret(_metrics_token) if _metrics_token else None
+
+
+def _networks(name: str, default: list[str]) -> list:
+    try:
+        return [ipaddress.ip_network(item, strict=False) for item in cfg.list(name, default)]
+    except ValueError:
+        raise ConfigurationError(name, "must be a comma-separated list of IP addresses or networks") from None
+
+
+METRICS_ALLOWED_ADDRESSES = _networks("METRICS_ALLOWED_ADDRESSES", ["127.0.0.1", "::1"])
+
+# Console sign-in (django-axes): CONSOLE_LOGIN_FAILURE_LIMIT failed sign-ins from one client
+# address (an IPv6 /64) lock that address out of the console's sign-in for
+# CONSOLE_LOGIN_LOCKOUT_MINUTES; a success resets the count. Every failure is a row (axes'
+# AccessAttempt and AccessFailureLog, in the console) and a WARNING log line.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "django.contrib.auth.backends.ModelBackend"]
+AXES_FAILURE_LIMIT = cfg.int("CONSOLE_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = timedelta(minutes=cfg.int("CONSOLE_LOGIN_LOCKOUT_MINUTES", 15, minimum=1))
+# Per address, not per user name: a lockout by name would let anyone lock a staff member out.
+AXES_LOCKOUT_PARAMETERS = ["ip_address"]
+AXES_CLIENT_IP_CALLABLE = "escrow.throttling.rate_limit_address"
+AXES_LOCKOUT_CALLABLE = "bookme.views.console_sign_in_locked_out"
+AXES_RESET_ON_SUCCESS = True
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+# Masked in the log line (a password typed into the user-name field must not reach the logs); the
+# rows keep it for staff.
+AXES_SENSITIVE_PARAMETERS = ["username"]
+
 # --- Escrow API (issue 3) -------------------------------------------------------------------
 # Errors of the escrow domain (illegal transitions, conflicts, bad input, RPC outages) become
 # JSON 4xx/503 answers instead of 500s.
@@ -213,11 +310,29 @@ SIWE_THROTTLE_RATE = cfg.str("SIWE_THROTTLE_RATE", "30/minute")
 WALLET_TOKEN_TTL_SECONDS = cfg.int("WALLET_TOKEN_TTL_SECONDS", 24 * 3600, minimum=60)
 # authorize-payment and request-cancellation, per wallet.
 AUTHORIZATION_THROTTLE_RATE = cfg.str("AUTHORIZATION_THROTTLE_RATE", "10/minute")
-# Creating bookings and submit-transaction, per wallet.
+# Creating bookings, submit-transaction, making and redeeming invite codes, per wallet.
 WALLET_WRITE_THROTTLE_RATE = cfg.str("WALLET_WRITE_THROTTLE_RATE", "30/minute")
 # How far ahead a booking may be scheduled: a booking never paid stays PENDING_PAYMENT until its
 # scheduled time, and every open booking is read on chain by each reconciliation run.
 BOOKING_MAX_DAYS_AHEAD = cfg.int("BOOKING_MAX_DAYS_AHEAD", 366, minimum=1)
+# Booking spam: bookings waiting for payment (PENDING_PAYMENT) per customer wallet and per
+# provider; one more is refused with 409. A booking waiting this long with no live payment
+# authorization expires (reconciliation runs the expiry; authorize-payment reopens it).
+MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET = cfg.int("MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET", 5, minimum=1)
+MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER = cfg.int("MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER", 50, minimum=1)
+UNPAID_BOOKING_TTL_SECONDS = cfg.int("UNPAID_BOOKING_TTL_SECONDS", 1800, minimum=60)
+# Referrals (escrow/referrals.py): invite codes one wallet may hold.
+MAX_INVITE_CODES_PER_WALLET = cfg.int("MAX_INVITE_CODES_PER_WALLET", 10, minimum=1)
+# Purged hourly (escrow/retention.py): wallet tokens this long after they expired or were
+# revoked; payment and cancellation authorizations never used, of finished bookings, this long
+# after they expired (used ones are kept for good).
+WALLET_TOKEN_RETENTION_DAYS = cfg.int("WALLET_TOKEN_RETENTION_DAYS", 7, minimum=0)
+AUTHORIZATION_RETENTION_DAYS = cfg.int("AUTHORIZATION_RETENTION_DAYS", 30, minimum=1)
+CELERY_BEAT_SCHEDULE["purge-expired-records"] = {
+    "task": "escrow.purge_expired_records",
+    "schedule": 3600.0,
+    "options": {"expires": 3600.0},
+}
 # Cancellation policy (see escrow/cancellation.py): more than FULL_REFUND_HOURS before the
 # scheduled time the customer gets everything back; from then until PARTIAL_REFUND_HOURS
 # before, PARTIAL_REFUND_BPS of the amount; later (or after the scheduled time) LATE_REFUND_BPS.
@@ -229,6 +344,9 @@ CANCELLATION_LATE_REFUND_BPS = cfg.int("CANCELLATION_LATE_REFUND_BPS", 0, minimu
 # Unused authorizations are only treated as dead this long after their expiry, so a payment
 # mined just before the expiry has time to reach the scanner first.
 AUTHORIZATION_EXPIRY_GRACE_SECONDS = cfg.int("AUTHORIZATION_EXPIRY_GRACE_SECONDS", 120, minimum=0)
+# Cancellation authorizations signed per booking in all (one live at a time): a customer cannot
+# keep a booking out of auto-complete by asking again each time the last request lapses.
+MAX_CANCELLATION_REQUESTS_PER_BOOKING = cfg.int("MAX_CANCELLATION_REQUESTS_PER_BOOKING", 3, minimum=1)
 
 
 def _check_escrow_policy() -> None:
@@ -254,6 +372,8 @@ def _check_escrow_policy() -> None:
         ("AUTHORIZATION_THROTTLE_RATE", AUTHORIZATION_THROTTLE_RATE),
         ("WALLET_WRITE_THROTTLE_RATE", WALLET_WRITE_THROTTLE_RATE),
         ("SIWE_THROTTLE_RATE", SIWE_THROTTLE_RATE),
+        ("PUBLIC_THROTTLE_RATE", PUBLIC_THROTTLE_RATE),
+        ("HEALTH_THROTTLE_RATE", HEALTH_THROTTLE_RATE),
     ):
         count, _, period = rate.partition("/")
         if not count.isdigit() or not period or period[0] not in "smhd":
@@ -263,7 +383,7 @@ def _check_escrow_policy() -> None:
 _check_escrow_policy()
 
 # --- Chain sync (issue 4) ----------------------------------------------------------------
-# Owned by chain_events. See chain_events/scanner.py for what each knob does.
+# Owned by chain_events. See chain_events/scanner.py and the modules it names for what each knob does.
 # eth_getLogs block ranges: start here, never exceed the max (providers cap ranges at
 # 1,000-10,000 blocks), shrink on range/size errors, grow while results stay sparse.
 CHAIN_LOG_RANGE_INITIAL = cfg.int("CHAIN_LOG_RANGE_INITIAL", 1000, minimum=1)
@@ -280,7 +400,7 @@ CHAIN_LOG_MAX_ANSWER_BYTES = cfg.int("CHAIN_LOG_MAX_ANSWER_BYTES", 8 * 1024 * 10
 # Headers fetched per JSON-RPC batch for the unfinalized window.
 CHAIN_HEADER_BATCH = cfg.int("CHAIN_HEADER_BATCH", 100, minimum=1)
 # Apply consecutive ranges in two transactions at once (two connections; each commits after
-# the one before it, see chain_events.scanner._ApplyLanes). Off: one range at a time.
+# the one before it, see chain_events.lanes.ApplyLanes). Off: one range at a time.
 CHAIN_APPLY_PARALLEL = cfg.bool("CHAIN_APPLY_PARALLEL", True)
 # One scan run stops after this long (the next beat continues where it stopped).
 CHAIN_SCAN_MAX_SECONDS = cfg.float("CHAIN_SCAN_MAX_SECONDS", 50.0, minimum=1.0)
@@ -340,9 +460,11 @@ TX_REPLACE_AFTER_SECONDS = cfg.float("TX_REPLACE_AFTER_SECONDS", 30.0, minimum=0
 TX_MAX_REPLACEMENTS = cfg.int("TX_MAX_REPLACEMENTS", 5, minimum=0)
 TX_RECEIPT_TIMEOUT_SECONDS = cfg.float("TX_RECEIPT_TIMEOUT_SECONDS", 180.0, minimum=1.0)
 TX_POLL_SECONDS = cfg.float("TX_POLL_SECONDS", 0.5, minimum=0.01)
+# An operator transaction still unmined this long after it was sent raises OperatorTransactionStuck.
+TX_STUCK_ALERT_SECONDS = cfg.float("TX_STUCK_ALERT_SECONDS", 600.0, minimum=1.0)
 # Optional: unpause() is owner-only on chain. Set only where the backend may hold the owner key
 # (development, staging); in production the owner (a multisig) unpauses.
-CONTRACT_OWNER_PRIVATE_KEY = cfg.private_key("CONTRACT_OWNER_PRIVATE_KEY", None)
+CONTRACT_OWNER_PRIVATE_KEY = cfg.sending_key("CONTRACT_OWNER_PRIVATE_KEY", role=PROCESS_ROLE)
 # The contract's paused() view is cached this long (health checks call it on every request).
 CONTRACT_PAUSED_CACHE_SECONDS = cfg.int("CONTRACT_PAUSED_CACHE_SECONDS", 10, minimum=0)
 
@@ -356,9 +478,10 @@ CELERY_BEAT_SCHEDULE["auto-complete-bookings"] = {
     "schedule": AUTO_COMPLETE_INTERVAL_SECONDS,
     "options": {"expires": AUTO_COMPLETE_INTERVAL_SECONDS},
 }
-# Operator transactions whose receipt wait ended without an outcome get one (mined, replaced, dropped).
-CELERY_BEAT_SCHEDULE["settle-stale-transactions"] = {
-    "task": "reconciliation.settle_stale_transactions",
+# Operator transactions get their outcome (mined, replaced, dropped), mined ones inside the reorg
+# window are checked against the chain, and the operator's nonces are brought in line with it.
+CELERY_BEAT_SCHEDULE["settle-transactions"] = {
+    "task": "reconciliation.settle_transactions",
     "schedule": 60.0,
     "options": {"expires": 60.0},
 }

@@ -27,8 +27,9 @@ from rest_framework.viewsets import GenericViewSet
 
 from .authentication import NOT_LOADED, WalletTokenAuthentication, booking_loaded_with_token, is_wallet
 from .cancellation import CUSTOMER, PROVIDER
-from .models import Booking
+from .models import Booking, InviteCode
 from .permissions import IsWallet, IsWalletOrStaff
+from .referrals import create_invite_code, invite_code_named, invite_codes_of, redeem_invite_code
 from .schema import refusals
 from .serializers import (
     BookingCreateSerializer,
@@ -36,7 +37,10 @@ from .serializers import (
     CancellationAuthorizationSerializer,
     CancellationRequestSerializer,
     ErrorSerializer,
+    InviteCodeSerializer,
     PaymentAuthorizationSerializer,
+    RedeemInviteCodeSerializer,
+    ReferralSerializer,
     SignInNonceSerializer,
     SignInSerializer,
     StrictSerializer,
@@ -157,13 +161,20 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         summary="Book a provider; the signed-in wallet is the customer",
         description=(
             "Amount: a decimal string of whole USDC (\"100.50\", at most 6 decimals) or an integer of "
-            "base units. Fee rates are not chosen by the client: 1000 bps with no inviter, 500 + 500 with one "
-            "(settings DEFAULT_*_FEE_RATE). Refused with a 400 besides what the schema states: scheduled_at "
-            "in the past or more than BOOKING_MAX_DAYS_AHEAD days ahead, the provider or the inviter being the "
-            "customer, the inviter being the provider."
+            "base units. Neither the inviter nor the fee rates are chosen by the client: the inviter is the one "
+            "whose invite code the wallet redeemed (none when that is the provider), at 500 + 500 bps; 1000 bps "
+            "with no inviter (settings DEFAULT_*_FEE_RATE). Refused with a 400 besides what the schema states: "
+            "scheduled_at in the past or more than BOOKING_MAX_DAYS_AHEAD days ahead, the provider being the "
+            "customer, the escrow contract or the USDC contract. Refused with a 409 while the wallet has "
+            "MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET bookings waiting for payment, or the provider "
+            "MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER."
         ),
         request=BookingCreateSerializer,
-        responses={201: BookingSerializer, **refusals(400, 401, 403, 413, 415, 429)},
+        responses={
+            201: BookingSerializer,
+            **refusals(400, 401, 403, 413, 415, 429),
+            409: OpenApiResponse(ErrorSerializer, "The wallet or the provider has as many unpaid bookings as allowed"),
+        },
     )
     def create(self, request):
         if not is_wallet(request.user):
@@ -180,7 +191,8 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         description=(
             "Each call signs a fresh authorization (new nonce, expiry AUTHORIZATION_TTL_SECONDS); nothing "
             "is re-served. Allowed while the booking is PENDING_PAYMENT, or EXPIRED with its scheduled time "
-            "still ahead (it goes back to PENDING_PAYMENT). Throttled per wallet (AUTHORIZATION_THROTTLE_RATE)."
+            "still ahead (it goes back to PENDING_PAYMENT, within the unpaid-booking caps of booking: 409 "
+            "beyond them). Throttled per wallet (AUTHORIZATION_THROTTLE_RATE)."
         ),
         parameters=[_BOOKING_ID],
         request=None,
@@ -234,14 +246,15 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         description=(
             "Fetches the receipt at once instead of waiting for the scanner. 202 {status: pending} while it "
             "is not mined; 200 {status: mined|reverted} once it is; 400 when it did not touch the escrow "
-            "contract or has no event for this booking."
+            "contract or has no event for this booking; 409 when its block is not the chain's block at that "
+            "height (reorganised out, or a node on a fork answered): nothing is applied."
         ),
         parameters=[_BOOKING_ID],
         request=TransactionSubmitSerializer,
         responses={
             200: TransactionSubmissionSerializer,
             202: TransactionSubmissionSerializer,
-            **refusals(400, 401, 403, 404, 413, 415, 429, 503),
+            **refusals(400, 401, 403, 404, 409, 413, 415, 429, 503),
         },
     )
     @action(detail=True, methods=["post"], url_path="submit-transaction", throttle_classes=[WalletWriteThrottle])
@@ -318,3 +331,77 @@ class WalletSessionView(APIView):
     def get(self, request):
         body = {"address": request.user.address, "token_expires_at": request.auth.expires_at}
         return Response(WalletSessionSerializer(body).data)
+
+
+# -- referrals ------------------------------------------------------------------------------
+@extend_schema_view(
+    list=extend_schema(
+        summary="The signed-in wallet's invite codes, oldest first",
+        responses={200: InviteCodeSerializer(many=True), **refusals(401)},
+    ),
+    create=extend_schema(
+        summary="A new invite code of the signed-in wallet, to hand to the wallets it invites",
+        description=(
+            "Any number of wallets may redeem one code. A wallet holds at most MAX_INVITE_CODES_PER_WALLET "
+            "codes (409 beyond). The escrow and USDC contracts cannot invite (403)."
+        ),
+        request=None,
+        responses={
+            201: InviteCodeSerializer,
+            **refusals(400, 401, 413, 415, 429),
+            403: OpenApiResponse(ErrorSerializer, "The signed-in address is the escrow or USDC contract"),
+            409: OpenApiResponse(ErrorSerializer, "The wallet has as many invite codes as allowed"),
+        },
+    ),
+)
+class InviteCodeViewSet(mixins.ListModelMixin, GenericViewSet):
+    authentication_classes = [WalletTokenAuthentication]
+    permission_classes = [IsWallet]
+    serializer_class = InviteCodeSerializer
+    pagination_class = None  # a handful at most (MAX_INVITE_CODES_PER_WALLET)
+    queryset = InviteCode.objects.none()  # for the schema generator; get_queryset decides
+
+    def get_queryset(self):
+        return invite_codes_of(self.request.user.address)
+
+    def get_throttles(self):
+        if self.action == "create":
+            return [WalletWriteThrottle()]
+        return super().get_throttles()
+
+    def create(self, request):
+        _check_empty_body(request)
+        invite = create_invite_code(request.user.address)
+        invite.redemptions = 0
+        return Response(InviteCodeSerializer(invite).data, status=status.HTTP_201_CREATED)
+
+
+class RedeemInviteCodeView(APIView):
+    authentication_classes = [WalletTokenAuthentication]
+    permission_classes = [IsWallet]
+    throttle_classes = [WalletWriteThrottle]
+
+    @extend_schema(
+        summary="Redeem another wallet's invite code: it becomes the inviter of this wallet's bookings, for good",
+        description=(
+            "Once per wallet, and only before its first booking (409 otherwise). The inviter of each booking "
+            "the wallet then makes is the code's inviter, at the invited rates, except for a booking with that "
+            "inviter as its provider, which gets no inviter. A wallet's own code, and a code of the escrow or "
+            "USDC contract, are refused (400)."
+        ),
+        request=RedeemInviteCodeSerializer,
+        responses={
+            201: ReferralSerializer,
+            **refusals(400, 401, 413, 415, 429),
+            404: OpenApiResponse(ErrorSerializer, "No invite code with this code"),
+            409: OpenApiResponse(ErrorSerializer, "The wallet already redeemed a code, or has already booked"),
+        },
+    )
+    def post(self, request):
+        serializer = RedeemInviteCodeSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        invite = invite_code_named(serializer.validated_data["code"])
+        if invite is None:
+            raise NotFound("No invite code with this code; check it with the wallet that shared it.")
+        referral = redeem_invite_code(request.user.address, invite)
+        return Response(ReferralSerializer(referral).data, status=status.HTTP_201_CREATED)

@@ -9,8 +9,13 @@ database transaction. Because the key and the fold are the same, the scanner mee
 same logs later finds them stored and changes nothing; and if the scanner got there first,
 the insert stores nothing new and re-deriving the booking from its events changes nothing either.
 
-The scanner still owns the chain's canonical view: events stored here ahead of its cursor
-are checked (and marked REMOVED if their block left the chain) when it scans their blocks.
+Before anything is stored, the receipt's block must be the chain's block at its height: the
+hash the scanner holds for it while the block is in its unfinalized window, the node's
+`eth_getBlockByNumber` otherwise (older blocks, and blocks the scanner has not reached). A
+receipt from any other block (a node still on a fork the chain left, or a transaction that was
+reorganised out) is refused with ReceiptNotCanonical and nothing is stored. The scanner still
+owns the chain's canonical view after that: events stored here ahead of its cursor are checked
+(and marked REMOVED if their block left the chain) when it scans their blocks.
 """
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from django.conf import settings
 from chain_events.cursor import held_block_hash, indexed_contract
 from chain_events.decoding import DecodedLog, decode_logs
 from chain_events.ingest import apply_receipt_logs
-from chain_events.rpc import RpcClient, get_receipt, get_rpc_client
+from chain_events.rpc import RpcClient, RpcInconsistentAnswer, get_receipt, get_rpc_client, parse_header
+
+from .errors import BookingConflict
 
 log = logging.getLogger(__name__)
 
@@ -43,15 +50,24 @@ class ReceiptOutcome:
     inserted: int = 0
     # Mined, but fewer than CHAIN_CONFIRMATIONS blocks deep: left to the scanner.
     awaiting_confirmations: bool = False
-    # In a block other than the one the scanner applied at that height (the answering node is
-    # on a fork the chain left): left to the scanner, nothing stored.
-    off_canonical: bool = False
     # Bookings re-derived from their stored events and brought in line with them.
     bookings_applied: int = 0
 
     @property
     def touched_escrow(self) -> bool:
         return self.called_escrow or bool(self.events)
+
+
+class ReceiptNotCanonical(BookingConflict):
+    """The receipt is from a block that is not the chain's block at its height (HTTP 409): nothing was stored."""
+
+    def __init__(self, tx_hash: str, number: int, receipt_block: str, canonical_block: str):
+        self.block_number = number
+        super().__init__(
+            f"transaction {tx_hash} was reported in block {number} {receipt_block}, but the chain's block {number} "
+            f"is {canonical_block}: the transaction was reorganised out, or the node that answered is on a fork "
+            "the chain left. Nothing was applied; report it again once it is mined on the chain."
+        )
 
 
 def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | None = None) -> ReceiptOutcome:
@@ -71,26 +87,55 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         block_number=int(receipt["blockNumber"], 16),
         called_escrow=(receipt.get("to") or "").lower() == contract,
     )
-    if int(receipt.get("status") or "0x0", 16) == 0:
-        outcome.reverted = True  # a reverted transaction emits no logs: nothing to store
+    outcome.reverted = int(receipt.get("status") or "0x0", 16) == 0
+    if not outcome.reverted:  # a reverted transaction emits no logs: nothing to store
+        outcome.events = decode_logs(receipt.get("logs") or [], contract_address=contract)
+    if not outcome.touched_escrow:
         return outcome
-    outcome.events = decode_logs(receipt.get("logs") or [], contract_address=contract)
+    # Whatever we answer about a receipt of ours (even "reverted") must be about the chain's block.
+    head = require_canonical_block(client, tx_hash, outcome.block_number, receipt["blockHash"].lower())
     if not outcome.events:
         return outcome
-    held = held_block_hash(outcome.block_number)
-    if held is not None and held != receipt["blockHash"].lower():
-        log.warning("fast path: tx %s is in block %s %s, the scanner applied %s at that height: left to the scanner",
-                    tx_hash, outcome.block_number, receipt["blockHash"], held)
-        outcome.off_canonical = True
-        return outcome
-    confirmations = settings.CHAIN_CONFIRMATIONS
-    if confirmations and int(client.call("eth_blockNumber"), 16) - outcome.block_number < confirmations:
+    if head is not None and head - outcome.block_number < settings.CHAIN_CONFIRMATIONS:
         # The scanner only applies blocks this deep; applying earlier would let the fast
         # path and the scanner disagree about what counts as settled.
         outcome.awaiting_confirmations = True
         return outcome
     store_and_apply(outcome, actor=actor)
     return outcome
+
+
+def require_canonical_block(client: RpcClient, tx_hash: str, number: int, receipt_block: str) -> int | None:
+    """Refuse (ReceiptNotCanonical) a receipt whose block is not the chain's block `number`.
+
+    The chain's block: the hash the scanner holds while `number` is in its unfinalized window
+    (no round trip), the node's header otherwise. Returns the head block when
+    CHAIN_CONFIRMATIONS needs it (asked in the same round trip), else None.
+    """
+    held = held_block_hash(number)
+    calls = [] if held is not None else [("eth_getBlockByNumber", [hex(number), False])]
+    if settings.CHAIN_CONFIRMATIONS:
+        calls.append(("eth_blockNumber", []))
+    answer: dict = {"canonical": held, "head": None}
+
+    def validate(results):
+        if held is None:
+            if results[0] is None:  # a node behind the one that answered the receipt: ask another
+                raise RpcInconsistentAnswer(f"node has no block {number}")
+            header = parse_header(results[0])
+            if header.number != number:
+                raise RpcInconsistentAnswer("header for the wrong block number")
+            answer["canonical"] = header.hash
+        if settings.CHAIN_CONFIRMATIONS:
+            answer["head"] = int(results[-1], 16)
+
+    if calls:
+        client.batch(calls, validate=validate)
+    if answer["canonical"] != receipt_block:
+        log.warning("fast path: tx %s is in block %s %s, the chain's block there is %s: refused",
+                    tx_hash, number, receipt_block, answer["canonical"])
+        raise ReceiptNotCanonical(tx_hash, number, receipt_block, answer["canonical"])
+    return answer["head"]
 
 
 def store_and_apply(outcome: ReceiptOutcome, *, actor: str = "") -> None:

@@ -13,10 +13,11 @@ from common.eth import UINT256_MAX, format_amount
 
 from .addresses import normalize_address
 from .errors import InvalidInput
-from .models import Booking, BookingStatus, BookingStatusChange
+from .models import Booking, BookingStatus, BookingStatusChange, InviteCode, Referral
 from .money import AmountError, parse_amount
+from .referrals import CODE_PATTERN, normalize_invite_code
 from .services import MAX_DESCRIPTION_LENGTH, SUBMISSION_STATUSES, normalize_tx_hash
-from .siwe import MAX_MESSAGE_LENGTH
+from .siwe import MAX_MESSAGE_LENGTH, MAX_SIGNATURE_BYTES
 
 
 class StrictSerializer(serializers.Serializer):
@@ -140,13 +141,11 @@ class BookingCreateSerializer(StrictSerializer):
         "customer": "The customer is the signed-in wallet; it cannot be chosen.",
         "platform_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
         "inviter_fee_rate": "Fee rates are set by the platform and cannot be chosen.",
+        "inviter": "The inviter cannot be named: it is whoever's invite code this wallet redeemed "
+        "(POST /api/referrals/redeem/, before its first booking).",
     }
 
-    provider = AddressField(help_text="not the customer (the signed-in wallet)")
-    inviter = AddressField(
-        required=False, allow_null=True,
-        help_text="omit or null when nobody invited the customer; neither the customer nor the provider",
-    )
+    provider = AddressField(help_text="not the customer (the signed-in wallet), nor the escrow or USDC contract")
     amount = AmountField()
     scheduled_at = AwareDateTimeField(
         help_text="in the future, at most BOOKING_MAX_DAYS_AHEAD (366) days ahead, with a UTC offset"
@@ -214,6 +213,43 @@ class BookingSerializer(serializers.ModelSerializer):
     @extend_schema_field({"type": "string", "pattern": "^[0-9]+\\.[0-9]{6}$"})
     def get_amount_decimal(self, booking) -> str:
         return format_amount(int(booking.amount))
+
+
+# -- referrals ------------------------------------------------------------------------------
+@extend_schema_field({"type": "string", "pattern": CODE_PATTERN, "example": "K7M2QX9HPA"})
+class InviteCodeField(StringField):
+    """An invite code: 10 letters and digits (no 0, O, 1 or I), in either case."""
+
+    def to_internal_value(self, data):
+        try:
+            return normalize_invite_code(super().to_internal_value(data))
+        except InvalidInput as exc:
+            raise serializers.ValidationError(exc.reason) from None
+
+
+class InviteCodeSerializer(serializers.ModelSerializer):
+    redemptions = serializers.IntegerField(read_only=True, help_text="wallets bound to the inviter by this code")
+
+    class Meta:
+        model = InviteCode
+        fields = ["code", "created_at", "redemptions"]
+        read_only_fields = fields
+
+
+class RedeemInviteCodeSerializer(StrictSerializer):
+    """An invite code of another wallet; redeemed once per wallet, before its first booking."""
+
+    code = InviteCodeField(trim_whitespace=False)
+
+
+class ReferralSerializer(serializers.ModelSerializer):
+    code = serializers.CharField(source="invite_code.code", read_only=True)
+    inviter = AddressField(source="invite_code.inviter_address", read_only=True)
+
+    class Meta:
+        model = Referral
+        fields = ["code", "inviter", "redeemed_at"]
+        read_only_fields = fields
 
 
 # -- authorizations -------------------------------------------------------------------------
@@ -345,7 +381,10 @@ class SignInSerializer(StrictSerializer):
     """An EIP-4361 message naming a nonce from /api/auth/nonce/, and the wallet's signature of it."""
 
     message = StringField(max_length=MAX_MESSAGE_LENGTH, trim_whitespace=False, help_text="EIP-4361 text")
-    signature = StringField(max_length=200, help_text="personal_sign signature, 0x hex")
+    signature = StringField(
+        max_length=2 + 2 * MAX_SIGNATURE_BYTES,
+        help_text="personal_sign signature (65 bytes) or an EIP-1271 contract wallet's signature, 0x hex",
+    )
 
 
 class WalletTokenSerializer(serializers.Serializer):

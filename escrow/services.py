@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from common.audit import MAX_REASON_LENGTH, staff_actor
 
-from .addresses import normalize_address
+from . import referrals, wallet_locks
+from .addresses import contract_of_ours, normalize_address
 from .authentication import is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
 from .errors import BookingConflict, InvalidInput, NotPermitted
@@ -90,27 +91,26 @@ def create_booking(
     provider: str,
     amount: int | str,
     scheduled_at: datetime,
-    inviter: str | None = None,
     description: str = "",
-    platform_fee_rate: int | None = None,
-    inviter_fee_rate: int | None = None,
     source: str = StatusSource.API,
     actor: str = "",
     now: datetime | None = None,
 ) -> Booking:
     """Validate and create a PENDING_PAYMENT booking (with its first audit row).
 
-    Rates default to `default_fee_rates`; explicit rates (staff/shell use; the public API does
-    not accept them) must respect the contract's caps and the no-inviter rule.
+    The inviter is the one the customer is bound to by a redeemed invite code (escrow.referrals),
+    nobody else; rates are `default_fee_rates`. Refused with BookingConflict while the customer
+    has MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET bookings waiting for payment, or the provider
+    MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER.
     """
     now = now or timezone.now()
     customer = normalize_address(customer, field="customer")
     provider = normalize_address(provider, field="provider")
-    inviter = normalize_address(inviter, field="inviter") if inviter else ""
     if provider == customer:
         raise InvalidInput("provider", "must be a different address from the customer")
-    if inviter and inviter in (customer, provider):
-        raise InvalidInput("inviter", "must be a different address from the customer and the provider")
+    contract = contract_of_ours(provider)
+    if contract is not None:
+        raise InvalidInput("provider", f"is {contract}: a payout there could never leave the escrow")
     try:
         amount = parse_amount(amount)
     except AmountError as exc:
@@ -123,11 +123,11 @@ def create_booking(
         raise InvalidInput("scheduled_at", f"must be at most {settings.BOOKING_MAX_DAYS_AHEAD} days ahead")
     if len(description) > MAX_DESCRIPTION_LENGTH:
         raise InvalidInput("description", f"must be at most {MAX_DESCRIPTION_LENGTH} characters")
-    default_platform, default_inviter = default_fee_rates(bool(inviter))
-    platform_fee_rate = default_platform if platform_fee_rate is None else platform_fee_rate
-    inviter_fee_rate = default_inviter if inviter_fee_rate is None else inviter_fee_rate
-    check_fee_rates(platform_fee_rate, inviter_fee_rate, has_inviter=bool(inviter))
     with transaction.atomic():
+        _lock_and_check_unpaid_caps(customer, provider)
+        inviter = referrals.inviter_for_booking(customer, provider)
+        platform_fee_rate, inviter_fee_rate = default_fee_rates(bool(inviter))
+        check_fee_rates(platform_fee_rate, inviter_fee_rate, has_inviter=bool(inviter))
         booking = Booking.objects.create(
             customer_address=customer,
             provider_address=provider,
@@ -140,6 +140,28 @@ def create_booking(
         )
         record_creation(booking, source=source, actor=actor)
     return booking
+
+
+def _lock_and_check_unpaid_caps(customer: str, provider: str) -> None:
+    """BookingConflict when one more booking waiting for payment would put `customer` or
+    `provider` over its cap. Unpaid bookings cost nothing to make and each is a row every
+    reconciliation run reads on chain and a line in the provider's list; they expire after
+    UNPAID_BOOKING_TTL_SECONDS (expire_unused_authorizations). Holds the two wallets' locks
+    until the transaction ends, so concurrent bookings cannot both take the last place."""
+    wallet_locks.lock_until_commit(wallet_locks.as_customer(customer), wallet_locks.as_provider(provider))
+    unpaid = Booking.objects.filter(status=S.PENDING_PAYMENT)
+    cap = settings.MAX_OPEN_UNPAID_BOOKINGS_PER_WALLET
+    if unpaid.filter(customer_address=customer)[:cap].count() >= cap:
+        raise BookingConflict(
+            f"This wallet already has {cap} unpaid booking{'s' * (cap != 1)}, the most a wallet may have: "
+            "pay one, or let one expire, before booking again."
+        )
+    cap = settings.MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER
+    if unpaid.filter(provider_address=provider)[:cap].count() >= cap:
+        raise BookingConflict(
+            f"This provider already has {cap} unpaid booking{'s' * (cap != 1)} waiting for payment, the most a "
+            "provider may have: try again once one is paid or has expired."
+        )
 
 
 # -- authorizations -----------------------------------------------------------------------
@@ -163,6 +185,8 @@ def issue_payment_authorization(
         raise BookingConflict("The booking's scheduled time has passed; it can no longer be paid.", booking=booking)
     if booking.status == S.EXPIRED:
         with transaction.atomic():
+            # Back to waiting for payment: it counts against the caps again, like a new booking.
+            _lock_and_check_unpaid_caps(booking.customer_address, booking.provider_address)
             locked = Booking.objects.select_for_update().get(pk=booking.pk)
             transition(locked, S.PENDING_PAYMENT, source=StatusSource.API, actor=actor, note="payment authorized again")
         booking = locked
@@ -176,8 +200,11 @@ def request_cancellation(
     pays out the policy's split (escrow.cancellation). `requested_by` is "customer" or "provider".
 
     While an earlier cancellation authorization is still live, a new one is refused
-    (BookingConflict): the first must expire before terms are signed again. The status the
-    booking had before is remembered in `status_before_cancellation`.
+    (BookingConflict): the first must expire before terms are signed again. Once the booking had
+    MAX_CANCELLATION_REQUESTS_PER_BOOKING of them, whoever asks, none is signed any more
+    (BookingConflict): each lapsed request kept the booking out of auto-complete for a while, and
+    without a cap a customer could keep the provider's payout from ever being made. The status
+    the booking had before is remembered in `status_before_cancellation`.
     """
     now = now or timezone.now()
     reason = reason.strip()
@@ -204,6 +231,16 @@ def request_cancellation(
                     f"A cancellation authorization is already outstanding until {live.expires_at.isoformat()}.",
                     booking=booking,
                 )
+        signed_before = booking.signatures.filter(kind=SignatureKind.CANCELLATION).count()
+        cap = settings.MAX_CANCELLATION_REQUESTS_PER_BOOKING
+        if signed_before >= cap:
+            raise BookingConflict(
+                f"This booking already had {signed_before} cancellation authorization{'s' * (signed_before != 1)}, "
+                f"the most one booking may have (MAX_CANCELLATION_REQUESTS_PER_BOOKING = {cap}): no more are "
+                "signed. Ask support to cancel it.",
+                booking=booking,
+            )
+        if booking.status == S.PENDING_CANCELLATION:
             booking.cancellation_reason = reason
             booking.save(update_fields=["cancellation_reason", "updated_at"])
         else:
@@ -254,6 +291,7 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
          the same path as the scanner (idempotent with it), and answers with the booking's status after.
 
     Mined but not yet CHAIN_CONFIRMATIONS deep → "pending" (the scanner applies it later).
+    Mined in a block that is not the chain's → escrow.fastpath.ReceiptNotCanonical (409), nothing stored.
     RPC failures propagate as chain_events.rpc.RpcError (the API answers 503).
     """
     tx_hash = normalize_tx_hash(tx_hash)
@@ -272,7 +310,7 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
     booking.refresh_from_db()
     log.info("booking %s: %s reported tx %s (%s)", booking.uuid, actor or "someone", tx_hash, ", ".join(events))
     return TransactionSubmission(
-        status="pending" if outcome.awaiting_confirmations or outcome.off_canonical else "mined",
+        status="pending" if outcome.awaiting_confirmations else "mined",
         tx_hash=tx_hash,
         block_number=outcome.block_number,
         events=events,
@@ -284,8 +322,11 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
 def expire_unused_authorizations(*, now: datetime | None = None) -> dict[str, int]:
     """Put bookings whose signed authorizations all ran out back where they belong.
 
-    * PENDING_PAYMENT → EXPIRED when it was authorized but every payment authorization expired
-      (plus AUTHORIZATION_EXPIRY_GRACE_SECONDS), or when its scheduled time passed unpaid.
+    * PENDING_PAYMENT → EXPIRED, unless a payment authorization is still live (until its expiry
+      plus AUTHORIZATION_EXPIRY_GRACE_SECONDS): when it was authorized and every authorization
+      expired, when its scheduled time passed unpaid, or when it has waited for payment
+      UNPAID_BOOKING_TTL_SECONDS (a booking never authorized would otherwise count against the
+      unpaid-booking caps until its scheduled time, up to BOOKING_MAX_DAYS_AHEAD away).
     * PENDING_CANCELLATION → status_before_cancellation (PAID if unknown) when every
       cancellation authorization expired (plus the grace).
     The chain still wins: a payment or cancellation mined before the expiry moves the booking
@@ -298,18 +339,22 @@ def expire_unused_authorizations(*, now: datetime | None = None) -> dict[str, in
     def live(kind):
         return SignatureNonce.objects.filter(booking=OuterRef("pk"), kind=kind, expires_at__gt=cutoff)
 
+    waited_since = now - timedelta(seconds=settings.UNPAID_BOOKING_TTL_SECONDS)
     unpaid = Booking.objects.filter(status=S.PENDING_PAYMENT).filter(
         ~Exists(live(SignatureKind.PAYMENT)),
         Q(Exists(SignatureNonce.objects.filter(booking=OuterRef("pk"), kind=SignatureKind.PAYMENT)))
-        | Q(scheduled_at__lte=now),
+        | Q(scheduled_at__lte=now)
+        | Q(status_changed_at__lte=waited_since),
     )
     for booking_id in unpaid.values_list("pk", flat=True):
         with transaction.atomic():
             booking = Booking.objects.select_for_update().get(pk=booking_id)
             still_live = booking.signatures.filter(kind=SignatureKind.PAYMENT, expires_at__gt=cutoff).exists()
             if booking.status == S.PENDING_PAYMENT and not still_live:
-                transition(booking, S.EXPIRED, source=StatusSource.API, actor=SYSTEM_EXPIRY_ACTOR,
-                           note="no payment before the authorization expired")
+                authorized = booking.signatures.filter(kind=SignatureKind.PAYMENT).exists()
+                note = ("no payment before the authorization expired" if authorized
+                        else "unpaid, and no payment authorized in time")
+                transition(booking, S.EXPIRED, source=StatusSource.API, actor=SYSTEM_EXPIRY_ACTOR, note=note)
                 counts["expired"] += 1
 
     lapsed = Booking.objects.filter(status=S.PENDING_CANCELLATION).filter(~Exists(live(SignatureKind.CANCELLATION)))

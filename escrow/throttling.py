@@ -1,6 +1,16 @@
-"""Rate limits (DRF throttling on the default cache, i.e. Redis shared by all workers)."""
+"""Rate limits (DRF throttling on the default cache, i.e. Redis shared by all workers), and the
+client address every per-address decision uses (these limits, the console's sign-in lockout,
+the /metrics allow-list).
+
+The client address: REMOTE_ADDR, or with API_TRUSTED_PROXIES = N proxies in front, the address
+the outermost of them saw (the N-th entry of X-Forwarded-For from the right; entries before it
+are the client's own claims). Per-address limits count an IPv6 client by its /64: one subscriber
+gets a whole /64 and can change address within it at will.
+"""
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 import weakref
 
@@ -10,6 +20,59 @@ from django.core.cache.backends.redis import RedisCache
 from rest_framework.throttling import SimpleRateThrottle
 
 from .authentication import is_wallet
+
+log = logging.getLogger(__name__)
+
+_proxy_warning_lock = threading.Lock()
+_proxy_warning_given = False
+
+
+def client_address(request) -> str:
+    """The address of the client that sent `request` (a Django or DRF request), as far as the
+    trusted proxies (settings.API_TRUSTED_PROXIES) let us know it."""
+    remote = request.META.get("REMOTE_ADDR", "")
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if forwarded is None:
+        return remote
+    proxies = settings.API_TRUSTED_PROXIES
+    if proxies == 0:
+        _warn_untrusted_proxy(remote)
+        return remote
+    hops = [hop.strip() for hop in forwarded.split(",")]
+    return hops[-min(proxies, len(hops))] or remote
+
+
+def rate_limit_address(request) -> str:
+    """client_address() as per-address limits count it: an IPv6 address stands for its /64 (given
+    as the network's first address, so it is still an address: django-axes stores it as one)."""
+    address = client_address(request)
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if parsed.version == 4:
+        return str(parsed)
+    if parsed.ipv4_mapped is not None:  # ::ffff:a.b.c.d is an IPv4 client
+        return str(parsed.ipv4_mapped)
+    return str(ipaddress.IPv6Network((parsed, 64), strict=False).network_address)
+
+
+def _warn_untrusted_proxy(remote: str) -> None:
+    """Requests carry X-Forwarded-For but no proxy is trusted: if a proxy really is in front, every
+    client has its address and shares one budget of every per-address limit. Said once per process."""
+    global _proxy_warning_given
+    if _proxy_warning_given:
+        return
+    with _proxy_warning_lock:
+        if _proxy_warning_given:
+            return
+        _proxy_warning_given = True
+    log.warning(
+        "requests arrive with an X-Forwarded-For header (first from %s) but API_TRUSTED_PROXIES is 0: if a "
+        "proxy is in front of this server, every client counts as the proxy's address and shares one sign-in "
+        "and rate-limit budget. Set API_TRUSTED_PROXIES to the number of proxies in front (docs/configuration.md).",
+        remote,
+    )
 
 # DRF's sliding-window check (SimpleRateThrottle.allow_request) done inside Redis, so it costs one
 # round trip instead of a GET and a SET, and two workers can no longer both read the same history
@@ -78,6 +141,9 @@ class RedisSlidingWindowThrottle(SimpleRateThrottle):
         self.history = [float(t) for t in refused_history]
         return self.throttle_failure()
 
+    def get_ident(self, request) -> str:
+        return rate_limit_address(request)
+
 
 class _PerWalletThrottle(RedisSlidingWindowThrottle):
     """Counted per signed-in wallet (staff sessions by user id, anything else by client IP)."""
@@ -121,6 +187,19 @@ class SignInThrottle(RedisSlidingWindowThrottle):
 
     def get_rate(self):
         return settings.SIWE_THROTTLE_RATE
+
+    def get_cache_key(self, request, view):
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+class PublicThrottle(RedisSlidingWindowThrottle):
+    """Every caller of a public page (the OpenAPI schema and its docs), per client address:
+    settings.PUBLIC_THROTTLE_RATE. A bearer token or a session does not buy a separate budget."""
+
+    scope = "public"
+
+    def get_rate(self):
+        return settings.PUBLIC_THROTTLE_RATE
 
     def get_cache_key(self, request, view):
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}

@@ -59,6 +59,7 @@ ACTIONS = {
     "acknowledge_attention": ("escrow_booking", True, _flagged_by_the_chain),
     "rebuild_from_chain": ("escrow_booking", True, lambda booking: booking),
     "emergency_cancel": ("escrow_booking", True, lambda booking: booking),
+    "complete_for_provider": ("escrow_booking", True, lambda booking: booking),
     "retry_events": ("chain_events_chainevent", False, lambda booking: create_dead_letter()),
     "mark_resolved": ("chain_events_chainevent", True, lambda booking: create_dead_letter()),
     "refund": ("chain_events_orphan", True, lambda booking: _orphan_row()),
@@ -264,7 +265,8 @@ def test_operator_rebuilds_a_booking_the_database_has_ahead_of_the_chain(clients
 
 
 @pytest.mark.chain
-def test_operator_emergency_cancels_a_paid_booking(clients, operator, paid_booking, chain_settings):
+def test_operator_emergency_cancels_a_paid_booking(clients, operator, paid_booking, chain_settings,
+                                                    worker_in_this_process):
     response = run_action(clients["operator"], "escrow_booking", "emergency_cancel", paid_booking.pk,
                           confirm="yes", reason=REASON)
     assert response.status_code == 302
@@ -272,8 +274,10 @@ def test_operator_emergency_cancels_a_paid_booking(clients, operator, paid_booki
     assert (sent.purpose, sent.status, sent.actor, sent.reason) == (TxPurpose.EMERGENCY_CANCEL, TxStatus.MINED,
                                                                     "staff:olivia", REASON)
     assert chain_settings.get_booking(paid_booking.chain_booking_id)[-1] == 3  # CANCELLED on chain
-    entry = log_entries(paid_booking).get(user=operator)
-    assert REASON in entry.change_message and sent.tx_hash in entry.change_message
+    history = [entry.change_message for entry in log_entries(paid_booking).filter(user=operator)]
+    assert len(history) == 2  # the console queued it, the worker sent it
+    assert any(REASON in message and "queued" in message for message in history)
+    assert any(f"sent by the worker: tx {sent.tx_hash} (MINED)" in message for message in history)
 
 
 @pytest.mark.chain
@@ -301,7 +305,7 @@ def test_emergency_cancel_follows_the_chain_not_the_database_status(clients, ope
 
 
 @pytest.mark.chain
-def test_operator_refunds_an_orphan(clients, operator, orphan, chain_settings):
+def test_operator_refunds_an_orphan(clients, operator, orphan, chain_settings, worker_in_this_process):
     customer = chain_settings.accounts.customers[1].address
     balance_before = chain_settings.usdc_balance(customer)
     response = run_action(clients["operator"], "chain_events_orphan", "refund", orphan.pk, confirm="yes", reason=REASON)
@@ -309,11 +313,15 @@ def test_operator_refunds_an_orphan(clients, operator, orphan, chain_settings):
     sent = SentTransaction.objects.get(orphan=orphan)
     assert (sent.status, sent.actor, sent.reason) == (TxStatus.MINED, "staff:olivia", REASON)
     assert chain_settings.usdc_balance(customer) == balance_before + 42_000_000
-    assert REASON in log_entries(orphan).get(user=operator).change_message
+    history = [entry.change_message for entry in log_entries(orphan).filter(user=operator)]
+    assert len(history) == 2  # the console queued it, the worker sent it
+    assert any(REASON in message and "queued" in message for message in history)
+    assert any(f"sent by the worker: tx {sent.tx_hash} (MINED)" in message for message in history)
 
 
 @pytest.mark.chain
-def test_operator_pauses_the_contract_through_the_confirmation_page(clients, operator, chain_settings):
+def test_operator_pauses_the_contract_through_the_confirmation_page(clients, operator, chain_settings,
+                                                                     worker_in_this_process):
     url = reverse("admin:reconciliation_emergencypause_pause")
     assert clients["anonymous"].get(url).status_code == 302
     assert clients["reader"].get(url).status_code == 403
@@ -332,7 +340,9 @@ def test_operator_pauses_the_contract_through_the_confirmation_page(clients, ope
 def test_an_acknowledgement_note_never_hides_a_later_reason(booking):
     """The chain sync raises each reason once, by its text; the operator's note is not a reason."""
     later = "chain: BookingCancelled in tx 0x02 after COMPLETED ignored"
-    attention.raise_attention(booking, AttentionKind.CHAIN_ANOMALY, "chain: second BookingCreatedAndPaid in tx 0x01 ignored")
+    attention.raise_attention(
+        booking, AttentionKind.CHAIN_ANOMALY, "chain: second BookingCreatedAndPaid in tx 0x01 ignored",
+    )
     attention.acknowledge_chain_items(booking, by="staff:olivia", why=f"expect '{later}' next")
     raised = attention.raised_chain_reasons([booking.pk])[booking.pk]
     assert raised == {"chain: second BookingCreatedAndPaid in tx 0x01 ignored"}

@@ -64,7 +64,9 @@ def test_permission_matrix(request, endpoint, role, expected, clients, customer,
         assert response["WWW-Authenticate"].startswith("Bearer")
 
 
-def test_list_shows_each_wallet_its_own_bookings_and_staff_everything(clients, customer, provider, stranger, make_booking):
+def test_list_shows_each_wallet_its_own_bookings_and_staff_everything(
+    clients, customer, provider, stranger, make_booking
+):
     mine = make_booking(customer, provider)
     other = make_booking(stranger, wallet("provider-2"))
 

@@ -9,7 +9,7 @@ from rest_framework.test import APIClient
 from escrow.models import Booking, BookingStatus, StatusSource
 from escrow.state import transition
 
-from .helpers import future_iso, past_iso, wallet
+from .helpers import bind_to_inviter, future_iso, past_iso, wallet
 
 pytestmark = pytest.mark.django_db
 
@@ -47,9 +47,12 @@ CREATE_CASES = [
     ("provider-number", create_body(provider=12345), "provider"),
     ("provider-null", create_body(provider=None), "provider"),
     ("provider-is-customer", None, "provider"),  # filled in by the test (the caller's own address)
+    # The inviter is never named in a request (escrow.referrals), whatever it would be.
     ("inviter-bad", create_body(inviter="nobody"), "inviter"),
     ("inviter-is-provider", create_body(inviter=GOOD_PROVIDER), "inviter"),
     ("inviter-is-customer", None, "inviter"),
+    ("inviter-another-wallet", create_body(inviter=GOOD_INVITER), "inviter"),
+    ("inviter-null", create_body(inviter=None), "inviter"),
     ("amount-missing", create_body(amount=_DROP), "amount"),
     ("amount-zero", create_body(amount="0"), "amount"),
     ("amount-zero-int", create_body(amount=0), "amount"),
@@ -127,7 +130,9 @@ def test_create_refuses_bad_input_naming_the_field(clients, customer, case, body
     ["/api/bookings/", "BOOKING/authorize-payment/", "BOOKING/request-cancellation/", "BOOKING/submit-transaction/",
      "/api/auth/verify/", "/api/auth/nonce/"],
 )
-def test_malformed_bodies_are_4xx_json_on_every_post_endpoint(clients, customer, provider, make_booking, raw, content_type, expected, path):
+def test_malformed_bodies_are_4xx_json_on_every_post_endpoint(
+    clients, customer, provider, make_booking, raw, content_type, expected, path
+):
     booking = make_booking(customer, provider)
     transition(booking, BookingStatus.PAID, source=StatusSource.CHAIN) if "cancellation" in path else None
     url = path.replace("BOOKING", f"/api/bookings/{booking.uuid}")
@@ -146,8 +151,9 @@ def test_the_recursion_limit_is_pythons_default_after_setup():
     assert sys.getrecursionlimit() == 1000
 
 
-def test_create_accepts_lower_case_and_checksummed_addresses_and_normalises(clients):
-    body = create_body(provider=GOOD_PROVIDER.lower(), inviter=GOOD_INVITER, amount=100_500_000)
+def test_create_accepts_lower_case_and_checksummed_addresses_and_normalises(clients, customer):
+    bind_to_inviter(customer.address, GOOD_INVITER)
+    body = create_body(provider=GOOD_PROVIDER.lower(), amount=100_500_000)
     response = clients["customer"].post("/api/bookings/", body, format="json")
     assert response.status_code == 201, response.content
     data = response.json()
@@ -165,7 +171,8 @@ def test_create_defaults_rates_without_inviter(clients, customer):
     assert data["inviter"] is None
     assert (data["platform_fee_rate"], data["inviter_fee_rate"]) == (1000, 0)
     assert data["status"] == "PENDING_PAYMENT"
-    assert [(h["from_status"], h["to_status"], h["source"]) for h in data["status_history"]] == [("", "PENDING_PAYMENT", "api")]
+    history = [(h["from_status"], h["to_status"], h["source"]) for h in data["status_history"]]
+    assert history == [("", "PENDING_PAYMENT", "api")]
 
 
 # -- actions on a booking -----------------------------------------------------------------
@@ -234,9 +241,14 @@ def test_request_cancellation_refuses_bad_input(clients, customer, provider, mak
         ({"tx_hash": None}, "tx_hash"),
         ({"tx_hash": "0x" + "ab" * 32, "booking": "x"}, "booking"),
     ],
-    ids=["missing", "empty", "short", "no-prefix", "not-hex", "too-long", "leading-space", "number", "null", "unknown-field"],
+    ids=[
+        "missing", "empty", "short", "no-prefix", "not-hex", "too-long", "leading-space", "number", "null",
+        "unknown-field",
+    ],
 )
-def test_submit_transaction_refuses_bad_input_without_touching_the_chain(clients, customer, provider, make_booking, body, field):
+def test_submit_transaction_refuses_bad_input_without_touching_the_chain(
+    clients, customer, provider, make_booking, body, field
+):
     # CHAIN_RPC_URLS points at a closed port in tests: reaching the RPC would be a 503, not a 400.
     booking = make_booking(customer, provider)
     response = clients["customer"].post(f"/api/bookings/{booking.uuid}/submit-transaction/", body, format="json")
@@ -261,7 +273,8 @@ def test_list_pages_are_numbered_from_1(clients, customer, provider, make_bookin
 
 
 def test_list_ignores_unknown_query_parameters(clients):
-    assert clients["customer"].get("/api/bookings/", {"limit": "999999999999999999999", "offset": "-5"}).status_code == 200
+    query = {"limit": "999999999999999999999", "offset": "-5"}
+    assert clients["customer"].get("/api/bookings/", query).status_code == 200
 
 
 def test_sign_in_nonce_refuses_body_fields(db):

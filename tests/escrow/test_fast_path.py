@@ -5,6 +5,7 @@ meeting the same logs later (or earlier) changes nothing.
 """
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -20,6 +21,7 @@ from escrow.services import create_booking
 from escrow.signing import sign_payment_authorization
 from tests.chain_harness import booking_auth_tuple
 from tests.escrow.helpers import wallet, wallet_client
+from tests.rpc_proxy import RpcProxy
 
 pytestmark = [pytest.mark.django_db, pytest.mark.chain]
 
@@ -274,12 +276,12 @@ def test_a_mined_payment_below_the_confirmation_depth_is_left_to_the_scanner(
     assert submit(client, booking, tx_hash).json()["booking_status"] == "PAID"
 
 
-def test_a_receipt_from_a_block_the_chain_left_is_left_to_the_scanner(
+def test_a_receipt_from_a_block_the_scanner_holds_otherwise_is_refused(
     chain_settings, monkeypatch, make_booking, customer, client
 ):
     """A node still on an abandoned fork answers the receipt in another block at a height the
-    scanner already applied: nothing is stored or re-applied, and the stored row keeps the
-    canonical block hash."""
+    scanner already applied: refused (409), nothing is stored or re-applied, and the stored row
+    keeps the canonical block hash."""
     booking = make_booking()
     tx_hash = pay(chain_settings, booking, customer)
     scan_to_head(chain_settings)
@@ -295,10 +297,81 @@ def test_a_receipt_from_a_block_the_chain_left_is_left_to_the_scanner(
     monkeypatch.setattr(fastpath, "get_receipt", stale_fork_receipt)
     changes_before = BookingStatusChange.objects.count()
     response = submit(client, booking, tx_hash)
-    assert response.status_code == 202, response.content
-    assert (response.json()["status"], response.json()["booking_status"]) == ("pending", "PAID")
+    assert response.status_code == 409, response.content
+    assert f"the chain's block {event.block_number} is {event.block_hash}" in response.json()["detail"]
     assert ChainEvent.objects.get().block_hash == event.block_hash
     assert BookingStatusChange.objects.count() == changes_before
+
+
+class StaleNode(RpcProxy):
+    """A node still on a fork the chain left: everything goes to anvil, except the receipts it
+    was given, which it answers as it saw them on that fork."""
+
+    def __init__(self, upstream: str, receipts: dict[str, dict]):
+        super().__init__(upstream)
+        self.receipts = receipts
+
+    def answer(self, body: bytes) -> tuple[int, bytes]:
+        request = json.loads(body)
+        items = request if isinstance(request, list) else [request]
+        if all(i["method"] == "eth_getTransactionReceipt" and i["params"][0] in self.receipts for i in items):
+            out = [{"jsonrpc": "2.0", "id": i["id"], "result": self.receipts[i["params"][0]]} for i in items]
+            return 200, json.dumps(out if isinstance(request, list) else out[0]).encode()
+        return super().answer(body)
+
+
+@pytest.mark.parametrize("scanned", [True, False], ids=["below-the-held-window", "ahead-of-the-scanner"])
+def test_a_payment_reorganised_out_is_refused_wherever_its_block_is(
+    chain_settings, settings, make_booking, customer, client, scanned
+):
+    """The payment is mined, reported by nobody, then a reorg drops its block (anvil_reorg) and the
+    transaction with it. A node still on the old fork answers its receipt. Whether the scanner has
+    since finalized that height (no held hash) or not reached it yet, the receipt's block is checked
+    against the chain: refused (409), nothing stored, the booking stays unpaid."""
+    chain = chain_settings
+    booking = make_booking()
+    tx_hash = pay(chain, booking, customer)
+    fork_receipt = chain.rpc("eth_getTransactionReceipt", [tx_hash])
+    number = int(fork_receipt["blockNumber"], 16)
+    chain.rpc("anvil_reorg", [chain.block_number() - number + 1, []])
+    assert chain.rpc("eth_getTransactionReceipt", [tx_hash]) is None  # gone from the chain
+    canonical = chain.rpc("eth_getBlockByNumber", [hex(number), False])["hash"]
+    assert canonical != fork_receipt["blockHash"]
+    if scanned:
+        chain.mine(settings.REORG_WINDOW + 2)  # the payment's height becomes final: no hash held for it
+        scan_to_head(chain)
+        assert held_block_hash(number) is None and SyncCursor.objects.get().last_block > number
+    before = effects()
+
+    with StaleNode(chain.url, {tx_hash: fork_receipt}) as node:
+        settings.CHAIN_RPC_URLS = [node.url]
+        response = submit(client, booking, tx_hash)
+
+    assert response.status_code == 409, response.content
+    detail = response.json()["detail"]
+    assert f"block {number} {fork_receipt['blockHash']}" in detail and canonical in detail
+    assert "Nothing was applied" in detail
+    assert effects() == before
+    assert not ChainEvent.objects.exists()
+    booking.refresh_from_db()
+    assert booking.status == "PENDING_PAYMENT"
+
+
+def test_a_receipt_of_the_chain_outside_the_held_window_is_applied_with_one_header_read(
+    chain_settings, settings, make_booking, customer, client
+):
+    """The check costs one batched round trip beside the receipt, and only outside the held window."""
+    chain = chain_settings
+    settings.CHAIN_CONFIRMATIONS = 1
+    booking = make_booking()
+    tx_hash = pay(chain, booking, customer)
+    chain.mine()
+    with RpcProxy(chain.url) as node:
+        settings.CHAIN_RPC_URLS = [node.url]
+        response = submit(client, booking, tx_hash)
+        assert (response.status_code, response.json()["booking_status"]) == (200, "PAID")
+        assert node.requests == 2  # the receipt; then the block's header and the head, in one batch
+        assert node.seen == ["eth_getTransactionReceipt", "eth_getBlockByNumber", "eth_blockNumber"]
 
 
 def test_rpc_down_is_a_503_json_answer(chain_settings, settings, make_booking, client):

@@ -26,8 +26,11 @@ def test_the_schema_generates_and_validates_without_warnings(tmp_path):
         "/api/bookings/{booking_id}/authorize-payment/",
         "/api/bookings/{booking_id}/request-cancellation/",
         "/api/bookings/{booking_id}/submit-transaction/",
+        "/api/bookings/{booking_id}/dispute/",
         "/api/auth/nonce/",
         "/api/auth/verify/",
+        "/api/referrals/invite-codes/",
+        "/api/referrals/redeem/",
     ]:
         assert path in paths, path
     assert "409" in paths["/api/bookings/{booking_id}/authorize-payment/"]["post"]["responses"]
@@ -49,8 +52,13 @@ def test_schema_and_docs_are_served():
 WRITE_METHODS = ("post", "put", "patch", "delete")
 # These act on their URL alone and document no body; authorize-payment and nonce still read one
 # (any field is refused with a 400), logout reads none.
-NO_BODY = {"/api/bookings/{booking_id}/authorize-payment/", "/api/auth/nonce/", "/api/auth/logout/"}
-READS_AN_UNDOCUMENTED_BODY = {"/api/bookings/{booking_id}/authorize-payment/", "/api/auth/nonce/"}
+NO_BODY = {
+    "/api/bookings/{booking_id}/authorize-payment/", "/api/auth/nonce/", "/api/auth/logout/",
+    "/api/referrals/invite-codes/",
+}
+READS_AN_UNDOCUMENTED_BODY = {
+    "/api/bookings/{booking_id}/authorize-payment/", "/api/auth/nonce/", "/api/referrals/invite-codes/",
+}
 
 
 def _published_schema() -> dict:
@@ -123,9 +131,23 @@ def test_every_write_operation_documents_its_body_its_success_and_its_refusals()
         "POST /api/auth/verify/",
         "POST /api/bookings/",
         "POST /api/bookings/{booking_id}/authorize-payment/",
+        "POST /api/bookings/{booking_id}/dispute/",
         "POST /api/bookings/{booking_id}/request-cancellation/",
         "POST /api/bookings/{booking_id}/submit-transaction/",
+        "POST /api/referrals/invite-codes/",
+        "POST /api/referrals/redeem/",
     ]
+
+
+def test_a_booking_request_names_no_inviter_and_its_refusals_say_why():
+    schema = _published_schema()
+    operation = schema["paths"]["/api/bookings/"]["post"]
+    request = _component(schema, operation["requestBody"]["content"]["application/json"]["schema"])
+    assert "inviter" not in request["properties"]  # refused like any undeclared field (additionalProperties)
+    assert "409" in operation["responses"]  # the unpaid-booking caps
+    redeem = schema["paths"]["/api/referrals/redeem/"]["post"]["requestBody"]["content"]["application/json"]
+    code = _component(schema, redeem["schema"])["properties"]["code"]
+    assert code["pattern"] == "^[A-HJ-NP-Za-hj-np-z2-9]{10}$"
 
 
 def test_responses_state_what_the_api_answers():

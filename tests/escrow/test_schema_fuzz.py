@@ -3,13 +3,15 @@
 schemathesis fuzzes every operation of /api/schema/ on a live server: its coverage cases (each
 field at its boundaries, each way of being wrong) and generated positive and negative data.
 Callers are the customer and the provider of real bookings, one of them booked, authorized and
-paid through the API and the chain, with bearer tokens from Sign-In with Ethereum. Every
+paid through the API and the chain, with bearer tokens from Sign-In with Ethereum; invite codes
+are redeemed by fresh wallets, with a real code. Every
 finding of schemathesis' checks fails the test: status codes, content types, response bodies and
 headers, server errors, schema-valid requests refused or invalid ones accepted, authentication
 not enforced. The throttles keep their production rates: their 429s are fuzzed too.
 """
 from __future__ import annotations
 
+import secrets
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,8 +30,11 @@ from schemathesis import GenerationMode
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.parameters import ParameterLocation
 
+from escrow.models import BookingStatus, StatusSource
 from escrow.services import create_booking
+from escrow.state import transition
 from escrow.wallet_tokens import issue_wallet_token
+from reconciliation.disputes import open_dispute
 
 from .helpers import personal_sign, siwe_message, wallet
 
@@ -100,15 +105,28 @@ class World:
     paying: dict[str, Caller]  # customer (a funded anvil account) and provider of paid_booking
     authorizing: dict[str, Caller]  # of unpaid_booking; own wallets, so own throttle budgets
     booking: dict[str, Caller]  # fresh wallets booking providers
+    inviting: dict[str, Caller]  # fresh wallets making invite codes (their own code caps)
+    invite_code: str  # a real code, redeemed by a fresh wallet in each positive case
+    disputing: dict[str, Caller]  # customer and provider of the two bookings below (own throttle budgets)
+    disputable_booking: str  # PAID, no dispute yet: the first positive dispute opens one
+    disputed_booking: str  # PAID, with a dispute open: read by the GET cases
 
     def callers_for(self, label: str) -> dict[str, Caller]:
         if label == "POST /api/bookings/{booking_id}/authorize-payment/":
             return self.authorizing
         if label == "POST /api/bookings/":
             return self.booking
+        if "/api/referrals/" in label:
+            return self.inviting
+        if "/dispute/" in label:
+            return self.disputing
         return self.paying
 
     def booking_for(self, label: str) -> str:
+        if label == "GET /api/bookings/{booking_id}/dispute/":
+            return self.disputed_booking
+        if label == "POST /api/bookings/{booking_id}/dispute/":
+            return self.disputable_booking
         return self.unpaid_booking if "authorize-payment" in label else self.paid_booking
 
 
@@ -140,6 +158,8 @@ def _build_world(api: Api, chain) -> World:
         account = wallet(f"schema-fuzz {purpose} {role}")
         return Caller(account.address, issue_wallet_token(account.address).token)
 
+    inviter = fresh("inviter", "inviting")
+    invite_code = api.call("POST /api/referrals/invite-codes/", inviter.token).json()["code"]
     authorizing = {role: fresh(role, "authorizing") for role in ROLES}
     unpaid = create_booking(
         customer=authorizing["customer"].address,
@@ -147,12 +167,28 @@ def _build_world(api: Api, chain) -> World:
         amount="7",
         scheduled_at=timezone.now() + timedelta(days=5),
     )
+    disputing = {role: fresh(role, "disputing") for role in ROLES}
+
+    def paid_for_disputes():
+        # Paid as far as the database knows: disputes neither read nor write the chain.
+        booking = create_booking(customer=disputing["customer"].address, provider=disputing["provider"].address,
+                                 amount="12.50", scheduled_at=timezone.now() + timedelta(days=2))
+        transition(booking, BookingStatus.PAID, source=StatusSource.CHAIN)
+        return booking
+
+    disputed = paid_for_disputes()
+    open_dispute(disputed, opened_by=disputing["customer"].address, reason="not as described")
     return World(
         paid_booking=paid,
         unpaid_booking=str(unpaid.uuid),
         paying=paying,
         authorizing=authorizing,
         booking={role: fresh(role, "booking") for role in ROLES},
+        inviting={role: fresh(role, "inviting") for role in ROLES},
+        invite_code=invite_code,
+        disputing=disputing,
+        disputable_booking=str(paid_for_disputes().uuid),
+        disputed_booking=str(disputed.uuid),
     )
 
 
@@ -166,19 +202,22 @@ def _prepare(case, world: World, caller: Caller) -> str:
     path = meta.components.get(ParameterLocation.PATH) if meta else None
     if path is not None and path.mode.is_positive:
         case.path_parameters["booking_id"] = world.booking_for(label)
-    if label == "POST /api/bookings/" and meta and meta.generation.mode.is_positive and isinstance(case.body, dict):
-        _inside_the_rules_a_schema_cannot_state(case.body, caller=caller.address)
+    positive_body = meta and meta.generation.mode.is_positive and isinstance(case.body, dict)
+    if label == "POST /api/bookings/" and positive_body:
+        _inside_the_rules_a_schema_cannot_state(case.body)
     if label == "POST /api/auth/logout/":
         return issue_wallet_token(caller.address).token  # each call revokes the token it sends
+    if label == "POST /api/referrals/redeem/" and positive_body:
+        # A code that exists, redeemed by a wallet that has none yet (each wallet redeems once).
+        case.body["code"] = world.invite_code
+        return issue_wallet_token(wallet(f"schema-fuzz invitee {secrets.token_hex(8)}").address).token
     return caller.token
 
 
-def _inside_the_rules_a_schema_cannot_state(body: dict, *, caller: str) -> None:
-    """A booking's time relative to now, and an inviter other than its customer and provider
-    (stated in the operation's description): positive cases are brought inside them."""
+def _inside_the_rules_a_schema_cannot_state(body: dict) -> None:
+    """A booking's time relative to now (stated in the operation's description): positive cases
+    are brought inside it."""
     body["scheduled_at"] = (timezone.now() + timedelta(days=2)).isoformat()
-    if body.get("inviter") and body["inviter"].lower() in (caller.lower(), body["provider"].lower()):
-        body["inviter"] = None
 
 
 def _coverage(api: Api, operation, world: World) -> None:

@@ -1,5 +1,6 @@
-"""DRF throttling of the authorization endpoints (per wallet) and of sign-in (per IP), kept in
-Redis (the default cache) so every gunicorn worker shares one budget."""
+"""DRF throttling of the authorization endpoints (per wallet) and of sign-in and the public pages
+(per client address, an IPv6 client per /64), kept in Redis (the default cache) so every
+gunicorn worker shares one budget."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -33,13 +34,17 @@ def test_the_eleventh_authorization_in_a_minute_is_429_with_retry_after(clients,
     assert SignatureNonce.objects.count() == 10  # nothing signed for the refused request
 
 
-def test_the_budget_is_per_wallet_and_shared_by_both_authorization_endpoints(clients, customer, provider, make_booking, settings):
+def test_the_budget_is_per_wallet_and_shared_by_both_authorization_endpoints(
+    clients, customer, provider, make_booking, settings
+):
     settings.AUTHORIZATION_THROTTLE_RATE = "2/minute"
     unpaid = make_booking(customer, provider)
     paid = make_booking(customer, provider)
     transition(paid, BookingStatus.PAID, source=StatusSource.CHAIN)
     assert _authorize(clients["customer"], unpaid).status_code == 200
-    cancel = clients["customer"].post(f"/api/bookings/{paid.uuid}/request-cancellation/", {"reason": "x"}, format="json")
+    cancel = clients["customer"].post(
+        f"/api/bookings/{paid.uuid}/request-cancellation/", {"reason": "x"}, format="json"
+    )
     assert cancel.status_code == 200
     assert _authorize(clients["customer"], unpaid).status_code == 429
     # A second token of the same wallet shares the wallet's budget.
@@ -90,7 +95,7 @@ def test_a_forged_forwarded_for_header_does_not_reset_the_sign_in_limit(db, sett
 
 def test_behind_a_trusted_proxy_the_client_address_it_forwarded_is_the_identity(db, settings):
     settings.SIWE_THROTTLE_RATE = "2/minute"
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "NUM_PROXIES": 1}
+    settings.API_TRUSTED_PROXIES = 1
     proxy = APIClient(REMOTE_ADDR="10.0.0.2")  # every request arrives from the proxy
     first = [proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="198.51.100.1").status_code
              for _ in range(3)]
@@ -105,7 +110,8 @@ def test_creating_bookings_and_reporting_transactions_share_a_per_wallet_limit(
     clients, customer, provider, make_booking, settings
 ):
     settings.WALLET_WRITE_THROTTLE_RATE = "3/minute"
-    body = {"provider": provider.address, "amount": "1.00", "scheduled_at": (timezone.now() + timedelta(days=1)).isoformat()}
+    scheduled_at = (timezone.now() + timedelta(days=1)).isoformat()
+    body = {"provider": provider.address, "amount": "1.00", "scheduled_at": scheduled_at}
     codes = [clients["customer"].post("/api/bookings/", body, format="json").status_code for _ in range(3)]
     assert codes == [201, 201, 201]
     refused = clients["customer"].post("/api/bookings/", body, format="json")
@@ -119,3 +125,43 @@ def test_creating_bookings_and_reporting_transactions_share_a_per_wallet_limit(
     other = clients["provider"].post(f"/api/bookings/{booking.uuid}/submit-transaction/",
                                      {"tx_hash": "0x" + "ab" * 32}, format="json")
     assert other.status_code != 429
+
+
+def test_an_ipv6_client_is_counted_by_its_64(db, settings):
+    """One subscriber holds a whole /64 and can take a fresh address in it for every request."""
+    settings.SIWE_THROTTLE_RATE = "2/minute"
+    codes = [APIClient(REMOTE_ADDR=f"2001:db8:aa:bb::{i:x}").post("/api/auth/nonce/", format="json").status_code
+             for i in range(1, 4)]
+    assert codes == [201, 201, 429]
+    assert APIClient(REMOTE_ADDR="2001:db8:aa:bb:ffff:1:2:3").post("/api/auth/nonce/", format="json").status_code == 429
+    # The next /64 is someone else; an IPv4 client mapped into IPv6 is that IPv4 client.
+    assert APIClient(REMOTE_ADDR="2001:db8:aa:bc::1").post("/api/auth/nonce/", format="json").status_code == 201
+    assert APIClient(REMOTE_ADDR="::ffff:192.0.2.1").post("/api/auth/nonce/", format="json").status_code == 201
+    assert APIClient(REMOTE_ADDR="192.0.2.1").post("/api/auth/nonce/", format="json").status_code == 201
+    assert APIClient(REMOTE_ADDR="192.0.2.1").post("/api/auth/nonce/", format="json").status_code == 429
+
+
+def test_the_client_address_a_trusted_proxy_forwards_is_counted_by_its_64_too(db, settings):
+    settings.SIWE_THROTTLE_RATE = "1/minute"
+    settings.API_TRUSTED_PROXIES = 1
+    proxy = APIClient(REMOTE_ADDR="10.0.0.2")
+    assert proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="2001:db8::1").status_code == 201
+    assert proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="2001:db8::2").status_code == 429
+    assert proxy.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR="2001:db8:0:1::1").status_code == 201
+
+
+def test_forwarded_requests_without_trusted_proxies_are_warned_about_once(db, monkeypatch, caplog):
+    """Behind a proxy with API_TRUSTED_PROXIES left at 0, every client shares the proxy's one budget:
+    the log says so at the first request that carries X-Forwarded-For, and only then."""
+    from escrow import throttling
+
+    monkeypatch.setattr(throttling, "_proxy_warning_given", False)
+    client = APIClient(REMOTE_ADDR="10.0.0.2")
+    client.post("/api/auth/nonce/", format="json")
+    assert "API_TRUSTED_PROXIES" not in caplog.text  # no proxy header: nothing to say
+    for i in range(3):
+        client.post("/api/auth/nonce/", format="json", HTTP_X_FORWARDED_FOR=f"198.51.100.{i}")
+    warnings = [r for r in caplog.records if "API_TRUSTED_PROXIES is 0" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert "first from 10.0.0.2" in warnings[0].getMessage()
+
