@@ -8,6 +8,7 @@ signed in to the console get the details.
 """
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -58,7 +59,11 @@ def cursor_at(block: int, *, scanned_ago: timedelta = timedelta(seconds=1), **fi
 
 @pytest.fixture
 def fresh_chain(chain_settings):
-    chain_settings.mine()  # a head younger than HEALTH_HEAD_MAX_AGE
+    # A head younger than HEALTH_HEAD_MAX_AGE. Mining alone is not enough: a test earlier in the
+    # session may have set a block timestamp in the past, and anvil keeps that clock offset
+    # across evm_revert, so the next block would be minutes old.
+    chain_settings.set_next_timestamp(max(int(time.time()), chain_settings.latest_timestamp() + 1))
+    chain_settings.mine()
     return chain_settings
 
 
