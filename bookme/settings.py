@@ -47,6 +47,8 @@ INSTALLED_APPS = [
     "escrow",
     "chain_events",
     "reconciliation",
+    "notifications",
+    "webhooks",
 ]
 
 MIDDLEWARE = [

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-FLOORS = ["common", "contracts", "chain_events", "escrow", "reconciliation", "bookme"]  # bottom → top
+FLOORS = ("bookme", "webhooks", "notifications", "reconciliation", "escrow", "chain_events", "contracts", "common")
 
 
 def _lint_imports(cwd: Path) -> subprocess.CompletedProcess:
@@ -31,6 +31,8 @@ def test_every_floor_imports_only_the_floors_below_it():
     ("chain_events", "escrow", True),
     ("escrow", "reconciliation", False),
     ("reconciliation", "bookme", True),
+    ("notifications", "webhooks", False),
+    ("escrow", "notifications", True),
     ("common", "chain_events", False),
 ])
 def test_an_upward_import_breaks_the_contract(tmp_path, lower, upper, inside_a_function):
