@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,7 +41,6 @@ from benchmarks._common import (  # noqa: E402
     AUTH_TUPLE,
     PAY_SELECTOR,
     PAYMENT_GAS,
-    REPO_ROOT,
     BenchChain,
     bench_addresses,
     configure_environment,
@@ -52,6 +49,7 @@ from benchmarks._common import (  # noqa: E402
     say,
     setup_django,
 )
+from benchmarks._processes import ProcessGroup, beat_command, role_environment, web_command, worker_command  # noqa: E402
 from contracts.anvil import find_free_port  # noqa: E402
 
 DATABASE = "bookme_bench_latency"
@@ -71,37 +69,22 @@ def parse_args():
 
 
 # -- the system under test ------------------------------------------------------------------------
-class System:
+class System(ProcessGroup):
     """worker + beat + gunicorn, started like the Procfile (default settings), each in its own session."""
 
     def __init__(self, env: dict, state_dir: Path):
-        self.env = {**os.environ, **env, "BOOKME_STATE_DIR": str(state_dir), "PYTHONUNBUFFERED": "1"}
-        self.state_dir = state_dir
+        super().__init__(state_dir)
+        self.env = {**os.environ, **env, "BOOKME_STATE_DIR": str(state_dir)}
         self.port = find_free_port()
-        self.procs: dict[str, subprocess.Popen] = {}
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> None:
-        commands = {
-            "worker": [str(BIN / "celery"), "-A", "bookme", "worker", "--loglevel=INFO", "--concurrency=2",
-                       "-n", f"bench-latency-{os.getpid()}@%h"],
-            "beat": [str(BIN / "celery"), "-A", "bookme", "beat", "--loglevel=INFO"],
-            "web": [str(BIN / "gunicorn"), "bookme.wsgi:application", "--bind", f"127.0.0.1:{self.port}",
-                    "--workers", "2", "--timeout", "30"],
-        }
-        for name, command in commands.items():
-            log = open(self.state_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process writes to it until it is stopped)
-            # As the Procfile: only the worker holds the operator key (web and beat refuse it).
-            env = {**self.env, "BOOKME_PROCESS_ROLE": name}
-            if name != "worker":
-                env.pop("OPERATOR_PRIVATE_KEY", None)
-                env.pop("CONTRACT_OWNER_PRIVATE_KEY", None)
-            self.procs[name] = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+    def start_all(self) -> None:
+        self.start("worker", worker_command(f"bench-latency-{os.getpid()}"), role_environment(self.env, "worker"))
+        self.start("beat", beat_command(), role_environment(self.env, "beat"))
+        self.start("web", web_command(self.port), role_environment(self.env, "web"))
 
     def wait_ready(self, timeout: float = 60) -> None:
         from chain_events.models import SyncCursor
@@ -119,23 +102,6 @@ class System:
             if time.monotonic() > deadline:
                 raise SystemExit(f"system not ready after {timeout}s (web {web}, scanner ran {scanned})")
             time.sleep(0.2)
-
-    def log(self, name: str) -> str:
-        return (self.state_dir / f"{name}.log").read_text(errors="replace")
-
-    def stop(self) -> dict[str, int | None]:
-        codes = {}
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-                codes[name] = None
-        return codes
 
 
 class BlockWatcher(threading.Thread):
@@ -307,7 +273,7 @@ def main() -> int:
         customers = bench_addresses("latency-customer", 2 * args.payments)
         chain.fund_customers(customers)
         system = System(env, state_dir)
-        system.start()
+        system.start_all()
         system.wait_ready()
         say(f"system up (worker, beat, gunicorn on {system.base_url}; anvil {chain.url} mining 1 block/s) "
             f"in {time.perf_counter() - t0:.1f} s")

@@ -8,101 +8,31 @@ warm shutdown) at the end.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
+from benchmarks._processes import ProcessGroup, beat_command, role_environment, worker_command
 from escrow.models import Booking
 from escrow.services import create_booking
 from escrow.signing import sign_payment_authorization
 from tests.escrow.helpers import wallet
+from tests.system import child_environment
 
 pytestmark = [pytest.mark.integration, pytest.mark.chain]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CELERY = str(Path(sys.executable).parent / "celery")
 PAID_WITHIN_SECONDS = 30
-
-
-def _database_url() -> str:
-    """The database this test really uses (pytest-django's test_<name>), as a URL for the children."""
-    s = connection.settings_dict
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
-def _child_environment(chain, settings, state_dir: Path) -> dict:
-    env = dict(os.environ)
-    env.update(
-        {
-            "BOOKME_READ_ENV_FILES": "0",
-            "BOOKME_STATE_DIR": str(state_dir),  # beat's schedule file goes here, not into var/
-            "DATABASE_URL": _database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "CHAIN_RPC_URLS": chain.url,
-            "CHAIN_ID": str(chain.chain_id),
-            "ESCROW_CONTRACT_ADDRESS": chain.escrow,
-            "USDC_CONTRACT_ADDRESS": chain.usdc,
-            # Start at the current head: earlier blocks hold nothing of this test.
-            "CHAIN_START_BLOCK": str(chain.block_number()),
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-class CeleryProcesses:
-    def __init__(self, env: dict, log_dir: Path):
-        self.env = env
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def start(self) -> None:
-        node = f"bookme-test-{os.getpid()}@%h"
-        commands = {
-            "worker": [CELERY, "-A", "bookme", "worker", "--loglevel=INFO", "--concurrency=1", "-n", node,
-                       "--without-gossip", "--without-mingle"],
-            "beat": [CELERY, "-A", "bookme", "beat", "--loglevel=INFO"],
-        }
-        for name, command in commands.items():
-            log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 (the process writes to it until it is stopped)
-            self.procs[name] = subprocess.Popen(
-                command, cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def log(self, name: str) -> str:
-        return (self.log_dir / f"{name}.log").read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p in self.procs.values())
-
-    def stop(self, timeout: float = 30) -> dict[str, int | None]:
-        """SIGTERM (warm shutdown), wait; returns the exit codes (None: had to be killed)."""
-        codes = {}
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for name, proc in self.procs.items():
-            try:
-                codes[name] = proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)  # its own session: the worker's pool children too
-                proc.wait(10)
-                codes[name] = None
-        return codes
 
 
 @pytest.fixture
 def celery_processes(transactional_db, chain_settings, settings, tmp_path):
-    processes = CeleryProcesses(_child_environment(chain_settings, settings, tmp_path), tmp_path)
-    processes.start()
+    env = child_environment(chain_settings, settings, tmp_path)
+    processes = ProcessGroup(tmp_path)
+    worker = worker_command(f"bookme-test-{os.getpid()}", concurrency=1)
+    processes.start("worker", worker, role_environment(env, "worker"))
+    processes.start("beat", beat_command(), role_environment(env, "beat"))
     try:
         yield processes
     finally:
