@@ -6,9 +6,21 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from escrow.models import BookingStatus, StatusSource
 from escrow.services import create_booking
 from escrow.signing import sign_payment_authorization
+from escrow.state import transition
 from tests.escrow.helpers import wallet
+
+
+def paid_past_service(customer: str, provider: str, *, hours_ago: float = 10, amount: str = "100.00"):
+    """A booking paid (as the database knows it) `hours_ago`, for a service half that long ago:
+    due for auto-complete, no chain involved."""
+    booked_at = timezone.now() - timedelta(hours=hours_ago)
+    booking = create_booking(customer=customer, provider=provider, amount=amount,
+                             scheduled_at=booked_at + timedelta(hours=hours_ago / 2), now=booked_at)
+    transition(booking, BookingStatus.PAID, source=StatusSource.CHAIN)
+    return booking
 
 
 @pytest.fixture

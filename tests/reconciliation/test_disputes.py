@@ -15,11 +15,10 @@ from django.utils import timezone
 from bookme.console import attention_summary
 from common.console import OPERATORS_GROUP
 from contracts.artifacts import STATUS_CANCELLED
-from escrow.models import BookingStatus, PlatformFee, StatusSource
+from escrow.models import BookingStatus, PlatformFee
 from escrow.money import CancellationSplit
 from escrow.referrals import create_invite_code, redeem_invite_code
 from escrow.services import create_booking, request_cancellation
-from escrow.state import transition
 from reconciliation import disputes
 from reconciliation.models import Dispute, DisputeStatus, SentTransaction, TxPurpose, TxStatus
 from reconciliation.operations import (
@@ -32,7 +31,7 @@ from reconciliation.transactions import TransactionRejected
 from tests.console.test_console_sends import history, run_as_the_worker, take_queued_tasks
 from tests.escrow.helpers import wallet, wallet_client
 
-from .conftest import scan_to_head
+from .conftest import paid_past_service, scan_to_head
 
 S = BookingStatus
 CASE = {
@@ -76,12 +75,8 @@ def operator_client(django_user_model):
 
 
 def _paid(parties, *, hours_ago: float = 10, amount: str = "100.00"):
-    """Paid (as the database knows it) `hours_ago` for a service half that long ago."""
-    booked_at = timezone.now() - timedelta(hours=hours_ago)
-    booking = create_booking(customer=parties["customer"].address, provider=parties["provider"].address,
-                             amount=amount, scheduled_at=booked_at + timedelta(hours=hours_ago / 2), now=booked_at)
-    transition(booking, S.PAID, source=StatusSource.CHAIN)
-    return booking
+    return paid_past_service(parties["customer"].address, parties["provider"].address,
+                             hours_ago=hours_ago, amount=amount)
 
 
 # -- the customer opens one; both parties and staff see it -------------------------------------------

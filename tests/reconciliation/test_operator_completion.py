@@ -14,7 +14,7 @@ from django.utils import timezone
 from common.console import OPERATORS_GROUP
 from contracts.artifacts import STATUS_COMPLETED
 from escrow.models import BookingStatus, StatusSource
-from escrow.services import create_booking, request_cancellation
+from escrow.services import request_cancellation
 from escrow.state import transition
 from reconciliation.models import SentTransaction, TxPurpose, TxStatus
 from reconciliation.operations import ActionRefused, auto_complete_bookings, auto_complete_candidates
@@ -24,20 +24,14 @@ from tests.console.test_admin_permissions import REASON, changelist, run_action
 from tests.console.test_console_sends import history, run_as_the_worker, take_queued_tasks
 from tests.escrow.helpers import wallet
 
-from .conftest import scan_to_head
+from .conftest import paid_past_service, scan_to_head
 
 S = BookingStatus
 
 
 def _paid_long_ago(label: str):
-    """A booking paid (as far as the database knows) ten hours ago, for a service five hours ago."""
-    booked_at = timezone.now() - timedelta(hours=10)
-    booking = create_booking(
-        customer=wallet(f"{label} customer").address, provider=wallet(f"{label} provider").address,
-        amount="30.00", scheduled_at=booked_at + timedelta(hours=5), now=booked_at,
-    )
-    transition(booking, S.PAID, source=StatusSource.CHAIN)
-    return booking
+    return paid_past_service(wallet(f"{label} customer").address, wallet(f"{label} provider").address,
+                             amount="30.00")
 
 
 def _cancellation_requested(booking, *, hours_ago: float):
