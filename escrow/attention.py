@@ -3,8 +3,10 @@
 `Booking.needs_attention` is "has an open item"; every function here keeps the two in step and
 expects the booking's row to be locked by the caller (select_for_update), like every writer of
 a booking. The chain sync raises its kinds in bulk (escrow.chain_effects, through
-`raised_chain_reasons` and `insert_items`); reconciliation raises and withdraws the item of
-each flag; staff acknowledge the chain sync's items.
+`raised_chain_reasons` and `insert_items`) and withdraws those a later fold of the booking's
+events no longer raises (`open_items_of`, `withdraw_items`: e.g. a cancellation folded "without a
+known payment" until the payment's log was stored too); reconciliation raises and withdraws the
+item of each flag; staff acknowledge the chain sync's items.
 """
 from __future__ import annotations
 
@@ -21,11 +23,18 @@ def open_items(booking: Booking) -> list[AttentionItem]:
     return list(booking.attention_items.filter(acknowledged_at=None))
 
 
+#: acknowledged_by of the items the chain sync withdrew itself (no longer raised by the chain's events).
+CHAIN_SYNC = "chain sync"
+
+
 def raised_chain_reasons(booking_ids) -> dict[int, set[str]]:
-    """Every reason the chain sync raised so far per booking, open or acknowledged: the chain
-    sync raises a reason only once, so an acknowledged one never comes back."""
+    """Every reason the chain sync raised so far per booking, open or acknowledged by staff: the
+    chain sync raises a reason only once, so an acknowledged one never comes back. One it withdrew
+    itself does come back if the chain's events raise it again (a reorg undone)."""
     out: dict[int, set[str]] = {}
-    rows = AttentionItem.objects.filter(booking_id__in=list(booking_ids), kind__in=CHAIN_ATTENTION_KINDS)
+    rows = AttentionItem.objects.filter(
+        booking_id__in=list(booking_ids), kind__in=CHAIN_ATTENTION_KINDS
+    ).exclude(acknowledged_by=CHAIN_SYNC)
     for booking_id, reason in rows.values_list("booking_id", "reason"):
         out.setdefault(booking_id, set()).add(reason)
     return out
@@ -38,6 +47,24 @@ def insert_items(new_items: list[tuple[int, str, str]], *, now) -> None:
         [AttentionItem(booking_id=booking_id, kind=kind, reason=reason, raised_at=now)
          for booking_id, kind, reason in new_items]
     )
+
+
+def open_items_of(booking_ids) -> dict[int, list[tuple[int, str, str]]]:
+    """(id, kind, reason) of every open item per booking, any kind (one read for all of them)."""
+    out: dict[int, list[tuple[int, str, str]]] = {}
+    rows = AttentionItem.objects.filter(booking_id__in=list(booking_ids), acknowledged_at=None).order_by("id")
+    for item_id, booking_id, kind, reason in rows.values_list("id", "booking_id", "kind", "reason"):
+        out.setdefault(booking_id, []).append((item_id, kind, reason))
+    return out
+
+
+def withdraw_items(withdrawn: list[tuple[int, str]], *, now) -> None:
+    """Close (item id, why) items the chain sync no longer raises, as acknowledged by CHAIN_SYNC
+    (the chain sync's bulk write, which sets needs_attention on their bookings itself)."""
+    for item_id, why in withdrawn:
+        AttentionItem.objects.filter(pk=item_id, acknowledged_at=None).update(
+            acknowledged_at=now, acknowledged_by=CHAIN_SYNC, acknowledged_why=why,
+        )
 
 
 def raise_attention(booking: Booking, kind: str, reason: str, *, now=None) -> AttentionItem | None:

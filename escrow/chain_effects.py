@@ -17,7 +17,12 @@ applies them for many bookings at once with a handful of set-based statements:
   what gets applied, which makes applying idempotent and reorg reversal exact.
 - a mismatch between the payment event and the booking (parties, amount, rates), or an event
   sequence the contract cannot produce, raises an AttentionItem (each reason once per booking,
-  see escrow.attention) and sets needs_attention; the chain state still applies.
+  see escrow.attention) and sets needs_attention; the chain state still applies. An open item
+  of those kinds that the current fold no longer raises is withdrawn (e.g. a cancellation the
+  fast path folded "without a known payment" before the payment's log, mined in the same block,
+  was stored), and needs_attention follows the items left open.
+- a booking that reached COMPLETED/CANCELLED before its payment's log was stored gets the
+  PENDING_PAYMENT → PAID step its trail skipped, once the payment is stored (status unchanged).
 - PlatformFee: one row per booking, present while the chain state has a completion (platform,
   inviter and provider parts of ServiceCompleted) or a cancellation whose platform + inviter
   parts are > 0 (the split of BookingCancelled); removed/changed when a reorg changes that.
@@ -42,6 +47,7 @@ from common.eth import ZERO_ADDRESS, checksum, same_address
 from . import attention
 from .chain_state import CHAIN_DATA_SOURCE, ChainStatus
 from .models import (
+    CHAIN_ATTENTION_KINDS,
     AttentionKind,
     Booking,
     BookingStatus,
@@ -174,6 +180,10 @@ class BookingPlan:
     # (kind, reason) the chain state raises; apply_plans keeps those never raised before.
     attention: list[tuple[str, str]] = field(default_factory=list)
     new_attention: list[tuple[str, str]] = field(default_factory=list)
+    # (item id, why) of open chain-sync items the chain state no longer raises.
+    withdraw: list[tuple[int, str]] = field(default_factory=list)
+    # The newest block among the events folded (None: no events).
+    events_block: int | None = None
     steps: list[tuple[str, str, str, str]] = field(default_factory=list)  # (from, to, tx_hash, note)
     fee: FeeRow | None = None
     fee_changed: bool = False
@@ -261,6 +271,7 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
         chain_data=new,
         needs_attention=snapshot.needs_attention,
         fee=snapshot.fee,
+        events_block=state.last_event.block_number if state.last_event is not None else None,
     )
 
     # -- status: forward along the chain path, or back in one step after a reorg ----------
@@ -282,6 +293,14 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
             plan.steps.append((snapshot.status, TARGET_STATUS[target], tx_hash, note))
         if plan.steps:
             plan.status = plan.steps[-1][1]
+    elif target in (C.COMPLETED, C.CANCELLED) and state.payment is not None and old and not old.get("payment"):
+        # The chain sync took the booking to its end without a payment (the fast path folded the
+        # cancellation's receipt alone; the payment, mined in the same block, was stored after):
+        # the trail gets the step it skipped. The status stays.
+        final = state.completion if target == C.COMPLETED else state.cancellation
+        after = f", stored after {final.event_name} in tx {final.tx_hash}" if final is not None else ""
+        plan.steps.append((S.PENDING_PAYMENT, S.PAID, state.payment.tx_hash,
+                           f"{_event_note(state.payment)}{after}: recorded late"))
 
     # -- tx hashes and confirmation time mirror the chain state ---------------------------
     regressed = implied != target and (implied, target) not in _FORWARD
@@ -354,6 +373,7 @@ def sync_bookings_to_chain(
     """
     plans = [plan_booking_sync(snapshot, state, now=now) for snapshot, state in pairs]
     _keep_new_attention([p for p in plans if p.attention])
+    _withdraw_stale_attention([p for p in plans if p.snapshot.needs_attention])
     apply_plans(plans, actor=actor, now=now, source=source, before_shared_writes=before_shared_writes)
     return sum(1 for p in plans if p.booking_changed)
 
@@ -369,6 +389,24 @@ def _keep_new_attention(plans: list[BookingPlan]) -> None:
         plan.new_attention = [(kind, reason) for kind, reason in plan.attention if reason not in seen]
         if plan.new_attention:
             plan.needs_attention = True
+
+
+def _withdraw_stale_attention(plans: list[BookingPlan]) -> None:
+    """Open chain-sync items the booking's current chain state no longer raises are withdrawn,
+    and needs_attention becomes "an item is still open". Only bookings that need attention can
+    have one, so one read for all of them."""
+    if not plans:
+        return
+    open_items = attention.open_items_of(p.snapshot.id for p in plans)
+    for plan in plans:
+        items = open_items.get(plan.snapshot.id, [])
+        raised = {reason for _, reason in plan.attention}
+        why = (f"no longer raised by the chain events at block {plan.events_block}" if plan.events_block is not None
+               else "no longer raised: the booking has no chain events left")
+        plan.withdraw = [
+            (item_id, why) for item_id, kind, reason in items if kind in CHAIN_ATTENTION_KINDS and reason not in raised
+        ]
+        plan.needs_attention = bool(plan.new_attention) or len(items) > len(plan.withdraw)
 
 
 def apply_plans(
@@ -396,7 +434,7 @@ def apply_plans(
                     now, now,
                     [p.snapshot.id for p in changed],
                     [p.status for p in changed],
-                    [bool(p.steps) for p in changed],
+                    [p.status != p.snapshot.status for p in changed],
                     [p.payment_tx_hash for p in changed],
                     [p.completion_tx_hash for p in changed],
                     [p.cancellation_tx_hash for p in changed],
@@ -408,6 +446,9 @@ def apply_plans(
         new_items = [(p.snapshot.id, kind, reason) for p in plans for kind, reason in p.new_attention]
         if new_items:
             attention.insert_items(new_items, now=now)
+        withdrawn = [w for p in plans for w in p.withdraw]
+        if withdrawn:
+            attention.withdraw_items(withdrawn, now=now)
         steps = [(p.snapshot.id, *step) for p in plans for step in p.steps]
         if steps:
             cursor.execute(

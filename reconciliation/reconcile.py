@@ -6,6 +6,10 @@ RECONCILE_RECENT_SECONDS) compared with the chain, in batches, at a confirmed bl
 - The database ahead of the chain (a status set by hand, an event whose block left the chain):
   never rewritten from a guess; a ReconciliationFlag is opened and the booking marked for
   attention. Staff resolve it or rebuild the booking (reconciliation.operations).
+- Any flag is raised only if the booking, read again under its row lock at flag time, still
+  disagrees with the chain: the run's first read of the database may predate a writer's commit
+  (the scanner rolling back a reorg). An open flag of a booking a later run finds in agreement
+  is withdrawn (resolved by SYSTEM_ACTOR, its attention item closed).
 - Unused payment authorizations past their expiry are expired (escrow.services).
 
 Each run writes a ReconciliationReport and never raises for RPC trouble: the report says FAILED
@@ -128,6 +132,7 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
     db_status = dict(Booking.objects.filter(pk__in=[pk for pk, _ in group]).values_list("chain_booking_id", "status"))
     report.checked += len(ids)
     behind, ahead, conflicting = [], [], []
+    agreeing = []  # their open flags, if any, are withdrawn at the end
     for cid in ids:
         if cid not in db_status:
             report.checked -= 1  # deleted meanwhile
@@ -136,20 +141,23 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
         actual = chain[cid].status
         if actual == implied:
             report.in_agreement += 1
+            agreeing.append(cid)
         elif _CHAIN_RANK[actual] > _CHAIN_RANK[implied]:
             behind.append(cid)
         elif _CHAIN_RANK[actual] < _CHAIN_RANK[implied]:
             ahead.append(cid)
         else:
             conflicting.append(cid)
+    latest: dict[str, ChainBooking] = {}
     if ahead:
         # The database may have moved past our snapshot block (scanner near the head): only
         # what is still ahead of the chain's latest state is a real difference.
         latest = read_chain_bookings(ahead, block="latest", client=client)
         still = []
         for cid in ahead:
-            if _CHAIN_RANK[latest[cid].status] >= _CHAIN_RANK[IMPLIED_CHAIN_STATUS[db_status[cid]]]:
+            if _agrees(db_status[cid], chain[cid], latest.get(cid)):
                 report.in_agreement += 1
+                agreeing.append(cid)
             else:
                 still.append(cid)
         ahead = still
@@ -162,8 +170,7 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
             if outcome.failed_events:
                 run.error(outcome.failed_events, f"{outcome.failed_events} event(s) failed to apply (see chain events)")
         for cid in ahead:
-            _flag(cid, FlagKind.DATABASE_AHEAD, chain[cid], block, run,
-                  f"database says {db_status[cid]} but the chain shows {chain[cid].status} at block {block}")
+            _flag(cid, FlagKind.DATABASE_AHEAD, chain[cid], block, run, latest=latest.get(cid))
     if to_repair:
         after = dict(Booking.objects.filter(chain_booking_id__in=to_repair).values_list("chain_booking_id", "status"))
         unrepaired = []
@@ -173,19 +180,46 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
             # event (a completion after the payment repaired here) before this re-read.
             if implied_after == chain[cid].status or _CHAIN_RANK[implied_after] > _CHAIN_RANK[chain[cid].status]:
                 report.repaired += 1
+                if implied_after == chain[cid].status:
+                    agreeing.append(cid)
             else:
                 unrepaired.append(cid)
         with transaction.atomic():
             for cid in unrepaired:
                 kind = FlagKind.CONFLICT if cid in conflicting else FlagKind.UNREPAIRED
-                _flag(cid, kind, chain[cid], block, run,
-                      f"database says {after[cid]}, chain shows {chain[cid].status} at block {block}; "
-                      "its logs did not bring the booking in line")
+                _flag(cid, kind, chain[cid], block, run, why="its logs did not bring the booking in line")
+    if agreeing:
+        _withdraw_flags(agreeing, chain, latest, block, run)
 
 
-def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run: _Run, detail: str) -> None:
-    """Open a flag (one open flag per booking and kind) and mark the booking for attention."""
+def _agrees(status: str, chain: ChainBooking, latest: ChainBooking | None = None) -> bool:
+    """A booking status agrees with the chain at the run's block, or (read at the chain's latest
+    block too) is no further along than the chain is now: the scanner merely got there first."""
+    implied = IMPLIED_CHAIN_STATUS[status]
+    if implied == chain.status:
+        return True
+    return latest is not None and _CHAIN_RANK[latest.status] >= _CHAIN_RANK[implied]
+
+
+def _flag(
+    chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run: _Run, *,
+    latest: ChainBooking | None = None, why: str = "",
+) -> None:
+    """Open a flag (one open flag per booking and kind) and mark the booking for attention, if the
+    booking, read again under its row lock, still disagrees with the chain. The run's read of the
+    database may be stale: a writer (the scanner rolling back a reorg, the fast path) that held the
+    lock meanwhile may have brought the booking in line, and its commit is what this read waits for."""
     booking = Booking.objects.select_for_update().get(chain_booking_id=chain_booking_id)
+    implied = IMPLIED_CHAIN_STATUS[booking.status]
+    if _agrees(booking.status, chain, latest):
+        run.report.in_agreement += 1
+        return
+    if kind == FlagKind.UNREPAIRED and _CHAIN_RANK[implied] > _CHAIN_RANK[chain.status]:
+        run.report.repaired += 1  # past the chain at `block`: the scanner applied a later event meanwhile
+        return
+    detail = f"database says {booking.status} but the chain shows {chain.status} at block {block}"
+    if why:
+        detail += f"; {why}"
     flag, created = ReconciliationFlag.objects.get_or_create(
         booking=booking, kind=kind, resolved_at=None,
         defaults={"report": run.report, "database_status": booking.status, "chain_status": chain.status,
@@ -194,3 +228,31 @@ def _flag(chain_booking_id: str, kind: str, chain: ChainBooking, block: int, run
     run.report.flagged += 1
     if created and attention.raise_attention(booking, AttentionKind.RECONCILIATION, detail):
         log.warning("booking %s flagged (%s): %s", booking.uuid, kind, detail)
+
+
+def _withdraw_flags(
+    agreeing: list[str], chain: dict[str, ChainBooking], latest: dict[str, ChainBooking], block: int, run: _Run
+) -> None:
+    """Open flags of bookings this run found in agreement with the chain are withdrawn (resolved by
+    reconciliation), each after re-reading its booking under the row lock: a flag raised by an
+    earlier run whose difference is gone (a false flag, or one the chain sync repaired since)
+    would otherwise keep the booking out of auto-complete until staff looked."""
+    open_flags = ReconciliationFlag.objects.filter(booking__chain_booking_id__in=agreeing, resolved_at=None)
+    pending = dict(open_flags.order_by("booking_id").values_list("booking_id", "booking__chain_booking_id").distinct())
+    for booking_pk, cid in pending.items():
+        with transaction.atomic():
+            # The booking first, its flags after: the lock order of every writer of both.
+            booking = Booking.objects.select_for_update().get(pk=booking_pk)
+            if not _agrees(booking.status, chain[cid], latest.get(cid)):
+                continue
+            now = timezone.now()
+            if IMPLIED_CHAIN_STATUS[booking.status] == chain[cid].status:
+                note = f"withdrawn: database ({booking.status}) and chain ({chain[cid].status}) agree at block {block}"
+            else:
+                note = f"withdrawn: the chain's latest block shows {latest[cid].status}, database {booking.status}"
+            for flag in ReconciliationFlag.objects.select_for_update().filter(booking=booking, resolved_at=None):
+                flag.resolved_at, flag.resolved_by, flag.resolution_note = now, SYSTEM_ACTOR, note
+                flag.save(update_fields=["resolved_at", "resolved_by", "resolution_note"])
+                attention.withdraw_attention(booking, AttentionKind.RECONCILIATION, flag.detail, by=SYSTEM_ACTOR,
+                                             why=note, now=now)
+                log.info("booking %s: %s flag %s", booking.uuid, flag.kind, note)
