@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.contrib import admin
 from django.urls import NoReverseMatch, reverse
 from django.utils import timezone
 
 from chain_events.models import ChainEvent, EventStatus, Orphan, OrphanStatus, SyncCursor
-from chain_events.rpc import RpcError
 from common.console import is_operator
 from escrow.models import Booking
 from escrow.selectors import STUCK_AFTER, stuck_bookings
 from reconciliation.disputes import unsettled_disputes
-from reconciliation.selectors import contract_paused, last_pause_sent, last_report, open_flags
+from reconciliation.ledger import last_ledger_report
+from reconciliation.selectors import last_pause_sent, last_report, open_flags
+
+from .health import _cached_chain_components
 
 
 # -- what needs attention (admin index, health, metrics) -----------------------------------------
@@ -45,7 +48,7 @@ def _changelist(name: str, query: str = "") -> str:
 
 def attention_summary(*, now=None) -> Attention:
     """Counts for the admin index: dead letters, open orphans, stuck bookings, flags, disputes, sync
-    lag, pause."""
+    lag, pause, the last ledger check."""
     now = now or timezone.now()
     items = []
     dead = ChainEvent.objects.filter(status=EventStatus.DEAD_LETTER, resolved_at__isnull=True).count()
@@ -105,23 +108,22 @@ def attention_summary(*, now=None) -> Attention:
             f"Sync lag (chain {cursor.chain_id}), blocks", "?" if lag is None else lag,
             _changelist("chain_events_synccursor"), severity, detail,
         ))
-    # The contract's own paused() (cached a few seconds), not our last pause record: the owner
-    # may unpause outside this backend, and a pause whose receipt wait timed out still counts.
-    try:
-        paused = contract_paused()
-    except RpcError as exc:
+    # The contract's own paused(), not our last pause record: the owner may unpause outside this
+    # backend, and a pause whose receipt wait timed out still counts. Read as the worker last
+    # left it with the health check's chain part (bookme.health): a page never asks the node.
+    contract = _cached_chain_components()["contract"]
+    if "paused" not in contract:
         items.append(AttentionItem(
             "Contract paused", "unknown", _changelist("reconciliation_emergencypause"), "warning",
-            f"paused() could not be read: {exc}",
+            f"paused() not known: {contract.get('error', '')}",
         ))
-    else:
-        if paused:
-            last_pause = last_pause_sent()
-            detail = "not paused by this backend" if last_pause is None else (
-                f"last pause sent by {last_pause.actor} at {last_pause.created_at:%Y-%m-%d %H:%M}: {last_pause.reason}")
-            items.append(AttentionItem(
-                "Contract paused", "yes", _changelist("reconciliation_emergencypause"), "critical", detail,
-            ))
+    elif contract["paused"]:
+        last_pause = last_pause_sent()
+        detail = "not paused by this backend" if last_pause is None else (
+            f"last pause sent by {last_pause.actor} at {last_pause.created_at:%Y-%m-%d %H:%M}: {last_pause.reason}")
+        items.append(AttentionItem(
+            "Contract paused", "yes", _changelist("reconciliation_emergencypause"), "critical", detail,
+        ))
     report = last_report()
     if report is not None:
         severity = "warning" if report.status == "FAILED" or report.errors else "ok"
@@ -130,7 +132,34 @@ def attention_summary(*, now=None) -> Attention:
             f"{report.started_at:%Y-%m-%d %H:%M:%S}: {report.checked} checked, "
             f"{report.repaired} repaired, {report.flagged} flagged, {report.errors} errors",
         ))
+    items.append(_ledger_line(now))
     return Attention(items)
+
+
+def _ledger_line(now) -> AttentionItem:
+    """The last ledger check (reconciliation.ledger): its block, OK or how many differences,
+    linked to its report. A check older than three intervals is itself a warning."""
+    report = last_ledger_report()
+    if report is None:
+        return AttentionItem("Ledger check", "never run", _changelist("reconciliation_ledgerreport"), "warning",
+                             "beat runs it every LEDGER_CHECK_INTERVAL_SECONDS; or run manage.py check_ledger")
+    try:
+        url = reverse("admin:reconciliation_ledgerreport_change", args=[report.pk])
+    except NoReverseMatch:
+        url = ""
+    age = (now - report.finished_at).total_seconds()
+    detail = f"block {report.chain_block}, finished {report.finished_at:%Y-%m-%d %H:%M:%S}"
+    if report.error:
+        count, severity, detail = "not finished", "warning", f"{detail}: {report.error[:300]}"
+    elif report.ok:
+        count, severity = "OK", "ok"
+    else:
+        kinds = sorted({m["kind"] for m in report.mismatches})
+        count, severity = f"{report.mismatch_count} mismatches", "critical"
+        detail = f"{detail}: {', '.join(kinds)}"
+    if age > 3 * settings.LEDGER_CHECK_INTERVAL_SECONDS and severity == "ok":
+        severity, detail = "warning", f"{detail}; no check since ({int(age)} s): is the worker or beat down?"
+    return AttentionItem("Ledger check", count, url, severity, detail)
 
 
 class ConsoleAdminSite(admin.AdminSite):

@@ -30,7 +30,13 @@ from escrow.admin import BookingAdmin
 from escrow.models import Booking
 from escrow.money import CancellationSplit, split_completion
 
-from . import console_requests, disputes, operations, tasks
+from . import (
+    console_requests,
+    disputes,
+    ledger_admin,  # noqa: F401 (registers the ledger reports' pages)
+    operations,
+    tasks,
+)
 from .models import (
     Dispute,
     EmergencyPause,

@@ -86,6 +86,50 @@ class OperatorTransactionsCollector:
         return [gap, stuck]
 
 
+class LedgerCollector:
+    """Gauges of the last finished ledger check (reconciliation.ledger), read from its stored
+    report when scraped: the check runs in the worker, /metrics is served by any process."""
+
+    def describe(self):
+        return [
+            GaugeMetricFamily("bookme_ledger_ok", ""),
+            GaugeMetricFamily("bookme_ledger_mismatches", "", labels=["kind"]),
+            GaugeMetricFamily("bookme_ledger_checked_block", ""),
+            GaugeMetricFamily("bookme_ledger_last_run_timestamp_seconds", ""),
+        ]
+
+    def collect(self):
+        from .ledger import MISMATCH_KINDS, last_ledger_report
+
+        ok = GaugeMetricFamily(
+            "bookme_ledger_ok", "1 when the last ledger check found the ledger equal to the chain, 0 otherwise "
+            "(a difference, or the check could not finish)",
+        )
+        mismatches = GaugeMetricFamily(
+            "bookme_ledger_mismatches", "Differences the last ledger check found, by kind", labels=["kind"]
+        )
+        block = GaugeMetricFamily("bookme_ledger_checked_block", "The block the last ledger check was pinned at")
+        last_run = GaugeMetricFamily(
+            "bookme_ledger_last_run_timestamp_seconds", "Unix time the last ledger check finished"
+        )
+        try:
+            report = last_ledger_report()
+        except Exception as exc:  # a scrape must never fail because the database is away
+            log.warning("ledger metrics unavailable: %s", exc)
+            return []
+        if report is not None:
+            ok.add_metric([], 1 if report.ok else 0)
+            counts = dict.fromkeys(MISMATCH_KINDS, 0)
+            for mismatch in report.mismatches:
+                counts[mismatch["kind"]] = counts.get(mismatch["kind"], 0) + 1
+            for kind, count in counts.items():
+                mismatches.add_metric([kind], count)
+            if report.chain_block is not None:
+                block.add_metric([], report.chain_block)
+            last_run.add_metric([], report.finished_at.timestamp())
+        return [ok, mismatches, block, last_run]
+
+
 _registered = False
 
 
@@ -93,4 +137,5 @@ def register_collector() -> None:
     global _registered
     if not _registered:
         REGISTRY.register(OperatorTransactionsCollector())
+        REGISTRY.register(LedgerCollector())
         _registered = True

@@ -229,3 +229,28 @@ class Dispute(models.Model):
 
     def __str__(self):
         return f"dispute #{self.pk} on booking {self.booking_id} ({self.status})"
+
+
+class LedgerReport(models.Model):
+    """One ledger check (reconciliation.ledger): the money and the operator's nonces as the
+    database has them against the chain, all at one pinned block. `mismatches` names the booking
+    or account of each difference with both figures (USDC base units as decimal strings);
+    `figures` holds the totals compared."""
+
+    trigger = models.CharField(max_length=32, default="beat", help_text="beat, command, test")
+    chain_block = models.BigIntegerField(null=True, blank=True, help_text="the pinned block every figure is read at")
+    ok = models.BooleanField(default=False, help_text="finished and found no difference")
+    mismatch_count = models.PositiveIntegerField(default=0)
+    mismatches = models.JSONField(default=list, blank=True)
+    figures = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True, default="", help_text="why the check could not finish (RPC, ...)")
+    rpc_round_trips = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+
+    def __str__(self):
+        outcome = "OK" if self.ok else (self.error[:60] or f"{self.mismatch_count} mismatches")
+        return f"ledger check at block {self.chain_block} ({self.started_at:%Y-%m-%d %H:%M:%S}): {outcome}"

@@ -17,7 +17,7 @@ from celery import shared_task
 from chain_events.rpc import RpcError
 from common.singleflight import single_flight
 
-from . import console_requests, operations, reconcile, transactions
+from . import console_requests, ledger, operations, reconcile, transactions
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,17 @@ def settle_transactions() -> dict:
         if not acquired:
             return {"skipped": True}
         return _reported_if_rpc_fails(transactions.settle_transactions, "settling operator transactions")
+
+
+@shared_task(name="reconciliation.check_ledger", acks_late=True, ignore_result=True)
+def check_ledger() -> dict:
+    """The ledger at one pinned block (reconciliation.ledger); the report says what differs."""
+    with single_flight(lock_name("ledger")) as acquired:
+        if not acquired:
+            return {"skipped": True}
+        report = ledger.check_ledger(trigger="beat")
+    return {"report": report.pk, "ok": report.ok, "chain_block": report.chain_block,
+            "mismatches": report.mismatch_count, "error": report.error[:300]}
 
 
 # -- operator transactions asked for in the console (reconciliation.console_requests) ---------------
