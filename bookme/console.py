@@ -17,7 +17,7 @@ from reconciliation.disputes import unsettled_disputes
 from reconciliation.ledger import last_ledger_report
 from reconciliation.selectors import last_pause_sent, last_report, open_flags
 
-from .health import _cached_chain_components
+from .health import cached_chain_components
 
 
 # -- what needs attention (admin index, health, metrics) -----------------------------------------
@@ -111,7 +111,7 @@ def attention_summary(*, now=None) -> Attention:
     # The contract's own paused(), not our last pause record: the owner may unpause outside this
     # backend, and a pause whose receipt wait timed out still counts. Read as the worker last
     # left it with the health check's chain part (bookme.health): a page never asks the node.
-    contract = _cached_chain_components()["contract"]
+    contract = cached_chain_components()["contract"]
     if "paused" not in contract:
         items.append(AttentionItem(
             "Contract paused", "unknown", _changelist("reconciliation_emergencypause"), "warning",

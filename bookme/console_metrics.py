@@ -11,10 +11,11 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily
 
 from chain_events.models import ChainEvent, EventStatus, SyncCursor
-from chain_events.rpc import RpcError
 from escrow.selectors import stuck_bookings
 from reconciliation.metrics import LAST_REPORT_KINDS
-from reconciliation.selectors import contract_paused, last_finished_report, open_flags_by_kind
+from reconciliation.selectors import last_finished_report, open_flags_by_kind
+
+from .health import cached_chain_components
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ class ConsoleStateCollector:
                 last_run_at.add_metric([], report.finished_at.timestamp())
                 last_run_failed.add_metric([], 1 if report.status == "FAILED" else 0)
             stuck.add_metric([], stuck_bookings(now=now).count())
-            try:
-                paused.add_metric([], 1 if contract_paused() else 0)  # cached CONTRACT_PAUSED_CACHE_SECONDS
-            except RpcError as exc:
-                log.warning("bookme_contract_paused not exported: %s", exc)
+            # As the worker's health check last read it: a scrape of the web process never asks the node.
+            contract = cached_chain_components()["contract"]
+            if "paused" in contract:
+                paused.add_metric([], 1 if contract["paused"] else 0)
         except Exception as exc:  # a scrape must never fail because the database is away
             log.warning("console metrics unavailable: %s", exc)
             return []

@@ -160,7 +160,7 @@ def refresh_chain_health() -> dict:
     return entry
 
 
-def _cached_chain_components() -> dict[str, dict]:
+def cached_chain_components() -> dict[str, dict]:
     """The chain part as the worker last left it; "unknown" when missing, unreadable or stale."""
     try:
         entry = cache.get(CHAIN_HEALTH_CACHE_KEY)
@@ -185,7 +185,7 @@ def collect_health() -> dict:
     """The whole report, details included (staff see it; public_health() is what others see)."""
     components: dict[str, dict] = {}
     _run(SERVICE_CHECKS, components)
-    components.update(_cached_chain_components())
+    components.update(cached_chain_components())
     _run(SYNC_CHECKS, components)
     overall = HEALTHY
     for name, result in components.items():
