@@ -269,6 +269,18 @@ class SignedAuthorization:
     expires_at: datetime
     record: SignatureNonce = field(repr=False)
 
+    @property
+    def ethers(self) -> dict:
+        """The same typed data as ethers v6 takes it: `verifyTypedData(domain, types, value, sig)`.
+        `types` holds the struct alone: ethers derives the domain's type from `domain` and refuses
+        an `EIP712Domain` entry ("ambiguous primary types"), which eth_signTypedData_v4 requires."""
+        return {
+            "domain": self.domain,
+            "types": {self.primary_type: self.types[self.primary_type]},
+            "primaryType": self.primary_type,
+            "value": self.message,
+        }
+
 
 def _issue(booking: Booking, kind: str, values: dict, *, now: datetime | None) -> SignedAuthorization:
     struct = STRUCT_FOR_KIND[kind]

@@ -91,7 +91,8 @@ def _api_views(patterns=None, prefix=""):
         if isinstance(pattern, URLResolver):
             yield from _api_views(pattern.url_patterns, prefix + str(pattern.pattern))
         elif getattr(pattern.callback, "cls", None) is not None:
-            yield prefix + str(pattern.pattern), pattern.callback.cls
+            route = prefix + str(pattern.pattern)  # path() text, or a regex with an optional slash
+            yield route.replace("/?$", "/").replace("$", "").replace("^", ""), pattern.callback.cls
 
 
 def test_every_api_view_anyone_may_call_is_throttled_per_client_address():
