@@ -41,6 +41,7 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_prometheus",
     "axes",  # console sign-in lockout (see "Console sign-in" below)
+    "corsheaders",  # browser clients on other origins (see "CORS" below)
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -53,6 +54,9 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # As high as possible, as django-cors-headers requires: before anything that answers itself
+    # (HTTPS redirect, WhiteNoise, CommonMiddleware), so preflights and refusals carry its headers.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",  # admin/docs assets under gunicorn
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -132,7 +136,7 @@ LOGGING = {
 # the session and CSRF cookies are Secure, and browsers are told to use HTTPS only (HSTS).
 HTTPS_ONLY = cfg.bool("DJANGO_HTTPS", not DEBUG)
 SECURE_SSL_REDIRECT = HTTPS_ONLY
-SECURE_REDIRECT_EXEMPT = [r"^api/health/", r"^metrics$"]
+SECURE_REDIRECT_EXEMPT = [r"^api/health/", r"^api/health$", r"^metrics$"]  # health without its slash too
 SESSION_COOKIE_SECURE = HTTPS_ONLY
 CSRF_COOKIE_SECURE = HTTPS_ONLY
 SECURE_HSTS_SECONDS = cfg.int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600 if HTTPS_ONLY else 0, minimum=0)
@@ -304,8 +308,32 @@ SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"] = {
     "TransactionSubmissionStatusEnum": "escrow.services.SUBMISSION_STATUSES",
 }
 # Sign-In with Ethereum: the authorities (host[:port]) a message may name as its domain;
-# the message's URI must point at one of them too.
+# the message's URI must point at one of them too. The domain is the FRONTEND's (the page the
+# wallet signs on, which wallets check against the page's origin), not the API's: list every
+# frontend's. bin/run defaults it to its own address (127.0.0.1:$WEB_PORT, localhost:$WEB_PORT).
 SIWE_DOMAIN = cfg.list("SIWE_DOMAIN", ["localhost:8000"])
+
+# --- CORS (django-cors-headers): browser clients on other origins ---------------------------
+# Origins (scheme://host[:port]) whose pages may call the API; none by default (production
+# lists its frontends; bin/run sets the usual dev-server origins). Regexes for preview deploys.
+CORS_ALLOWED_ORIGINS = cfg.list("CORS_ALLOWED_ORIGINS", [])
+if not all(re.fullmatch(r"https?://[^\s/]+", origin) for origin in CORS_ALLOWED_ORIGINS):
+    raise ConfigurationError("CORS_ALLOWED_ORIGINS", "must be a comma-separated list of origins (http(s)://host[:port])")
+CORS_ALLOWED_ORIGIN_REGEXES = cfg.list("CORS_ALLOWED_ORIGIN_REGEXES", [])
+for _pattern in CORS_ALLOWED_ORIGIN_REGEXES:
+    try:
+        re.compile(_pattern)
+    except re.error:
+        raise ConfigurationError(
+            "CORS_ALLOWED_ORIGIN_REGEXES", "must be a comma-separated list of regular expressions"
+        ) from None
+CORS_URLS_REGEX = r"^/api/.*$"  # the API only: the console and /metrics are never cross-origin
+# The library's default request headers include the two the API needs: Authorization (bearer
+# token) and Content-Type (JSON). Bearer tokens, not cookies: no credentials.
+CORS_ALLOW_CREDENTIALS = False
+# Refusals tell clients when to come back and how to authenticate: let browser code read it.
+CORS_EXPOSE_HEADERS = ["Retry-After", "WWW-Authenticate"]
+CORS_PREFLIGHT_MAX_AGE = cfg.int("CORS_PREFLIGHT_MAX_AGE_SECONDS", 3600, minimum=0)
 SIWE_NONCE_TTL_SECONDS = cfg.int("SIWE_NONCE_TTL_SECONDS", 300, minimum=10)
 # Anonymous sign-in endpoints (nonce, verify), per client IP.
 SIWE_THROTTLE_RATE = cfg.str("SIWE_THROTTLE_RATE", "30/minute")
@@ -314,6 +342,8 @@ WALLET_TOKEN_TTL_SECONDS = cfg.int("WALLET_TOKEN_TTL_SECONDS", 24 * 3600, minimu
 AUTHORIZATION_THROTTLE_RATE = cfg.str("AUTHORIZATION_THROTTLE_RATE", "10/minute")
 # Creating bookings, submit-transaction, making and redeeming invite codes, per wallet.
 WALLET_WRITE_THROTTLE_RATE = cfg.str("WALLET_WRITE_THROTTLE_RATE", "30/minute")
+# GET /api/transactions/{hash}/, per wallet (a lookup the database cannot answer asks the RPC node).
+TRANSACTION_LOOKUP_THROTTLE_RATE = cfg.str("TRANSACTION_LOOKUP_THROTTLE_RATE", "60/minute")
 # How far ahead a booking may be scheduled: a booking never paid stays PENDING_PAYMENT until its
 # scheduled time, and every open booking is read on chain by each reconciliation run.
 BOOKING_MAX_DAYS_AHEAD = cfg.int("BOOKING_MAX_DAYS_AHEAD", 366, minimum=1)
@@ -373,6 +403,7 @@ def _check_escrow_policy() -> None:
     for name, rate in (
         ("AUTHORIZATION_THROTTLE_RATE", AUTHORIZATION_THROTTLE_RATE),
         ("WALLET_WRITE_THROTTLE_RATE", WALLET_WRITE_THROTTLE_RATE),
+        ("TRANSACTION_LOOKUP_THROTTLE_RATE", TRANSACTION_LOOKUP_THROTTLE_RATE),
         ("SIWE_THROTTLE_RATE", SIWE_THROTTLE_RATE),
         ("PUBLIC_THROTTLE_RATE", PUBLIC_THROTTLE_RATE),
         ("HEALTH_THROTTLE_RATE", HEALTH_THROTTLE_RATE),
@@ -464,6 +495,11 @@ TX_RECEIPT_TIMEOUT_SECONDS = cfg.float("TX_RECEIPT_TIMEOUT_SECONDS", 180.0, mini
 TX_POLL_SECONDS = cfg.float("TX_POLL_SECONDS", 0.5, minimum=0.01)
 # An operator transaction still unmined this long after it was sent raises OperatorTransactionStuck.
 TX_STUCK_ALERT_SECONDS = cfg.float("TX_STUCK_ALERT_SECONDS", 600.0, minimum=1.0)
+# Client polling advice for a reported transaction not mined yet (submit-transaction, GET
+# /api/transactions/{hash}/): ask again after TX_CLIENT_POLL_SECONDS (Retry-After); one the node
+# has still never seen TX_CLIENT_RESUBMIT_AFTER_SECONDS after it was sent was dropped: send it again.
+TX_CLIENT_POLL_SECONDS = cfg.int("TX_CLIENT_POLL_SECONDS", 3, minimum=1)
+TX_CLIENT_RESUBMIT_AFTER_SECONDS = cfg.int("TX_CLIENT_RESUBMIT_AFTER_SECONDS", 60, minimum=1)
 # Optional: unpause() is owner-only on chain. Set only where the backend may hold the owner key
 # (development, staging); in production the owner (a multisig) unpauses.
 CONTRACT_OWNER_PRIVATE_KEY = cfg.sending_key("CONTRACT_OWNER_PRIVATE_KEY", role=PROCESS_ROLE)
@@ -493,3 +529,67 @@ CELERY_BEAT_SCHEDULE["auto-refund-orphans"] = {
     "options": {"expires": ORPHAN_AUTO_REFUND_INTERVAL_SECONDS},
 }
 # --- end Reconciliation (issue 5)
+
+# --- Ledger check (issue 17): escrow balance, fees, payouts, earnings, statuses and operator
+# nonces against the chain at one pinned block (reconciliation/ledger.py, alert LedgerMismatch).
+LEDGER_CHECK_INTERVAL_SECONDS = cfg.float("LEDGER_CHECK_INTERVAL_SECONDS", 300.0, minimum=5.0)
+CELERY_BEAT_SCHEDULE["check-ledger"] = {
+    "task": "reconciliation.check_ledger",
+    "schedule": LEDGER_CHECK_INTERVAL_SECONDS,
+    "options": {"expires": LEDGER_CHECK_INTERVAL_SECONDS},
+}
+# --- end Ledger check (issue 17)
+
+# --- Webhooks (issue 16) --------------------------------------------------------------------
+# Owned by webhooks. See webhooks/fanout.py, delivery.py and url_safety.py.
+# Only https:// endpoints, and only public addresses; these two allow http:// and private,
+# loopback, link-local addresses for local development and tests. Never in production.
+WEBHOOK_ALLOW_HTTP = cfg.bool("WEBHOOK_ALLOW_HTTP", False)
+WEBHOOK_ALLOW_PRIVATE_ADDRESSES = cfg.bool("WEBHOOK_ALLOW_PRIVATE_ADDRESSES", False)
+# One POST: connect and read timeout each. Redirects are never followed (a 3xx is a failure).
+WEBHOOK_TIMEOUT_SECONDS = cfg.float("WEBHOOK_TIMEOUT_SECONDS", 10.0, minimum=0.05)
+# Attempts per delivery before it is DEAD; the wait after the n-th failed attempt is
+# min(ceiling, base * 2^(n-1)), of which a random half (jitter).
+WEBHOOK_MAX_ATTEMPTS = cfg.int("WEBHOOK_MAX_ATTEMPTS", 8, minimum=1)
+WEBHOOK_RETRY_BASE_SECONDS = cfg.float("WEBHOOK_RETRY_BASE_SECONDS", 60.0, minimum=0.01)
+WEBHOOK_RETRY_MAX_SECONDS = cfg.float("WEBHOOK_RETRY_MAX_SECONDS", 6 * 3600.0, minimum=0.01)
+# The sweep fans out what the relay's signal did not (a lost task) and queues again the PENDING
+# deliveries due over WEBHOOK_REQUEUE_AFTER_SECONDS ago that nobody holds (a worker died with one).
+WEBHOOK_SWEEP_INTERVAL_SECONDS = cfg.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", 5.0, minimum=0.5)
+WEBHOOK_REQUEUE_AFTER_SECONDS = cfg.float("WEBHOOK_REQUEUE_AFTER_SECONDS", 60.0, minimum=0.0)
+CELERY_BEAT_SCHEDULE["sweep-webhooks"] = {
+    "task": "webhooks.sweep",
+    "schedule": WEBHOOK_SWEEP_INTERVAL_SECONDS,
+    "options": {"expires": max(10.0, WEBHOOK_SWEEP_INTERVAL_SECONDS)},
+}
+# --- end Webhooks (issue 16)
+
+# --- Live notifications: outbox relay and WebSocket stream (issue 16) -------------------------
+# Owned by notifications. See notifications/relay.py and notifications/consumers.py.
+ASGI_APPLICATION = "bookme.asgi.application"
+# Channel layer of the stream (Redis): messages per socket channel before the layer drops (the
+# socket then gets them from the outbox at its next heartbeat), and seconds one may wait unread.
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {
+            # No client read timeout: redis-py 8 defaults to 5 s, which the layer's 5 s blocking
+            # BZPOPMIN runs into, killing idle sockets (django/channels_redis#422, redis/redis-py#4091).
+            "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+            "prefix": cfg.str("CHANNEL_LAYER_PREFIX", "bookme-asgi"),
+            "capacity": cfg.int("STREAM_CHANNEL_CAPACITY", 1000, minimum=10),
+            "expiry": 60,
+        },
+    }
+}
+# A socket without a bearer header or a staff session must send its auth frame within this (else 4408).
+STREAM_AUTH_TIMEOUT_SECONDS = cfg.float("STREAM_AUTH_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# Heartbeat period: each one re-checks the token (revoked/expired: close 4401) and reads the outbox
+# for anything the live path lost.
+STREAM_HEARTBEAT_SECONDS = cfg.float("STREAM_HEARTBEAT_SECONDS", 15.0, minimum=0.1)
+# The relay wakes on pg_notify and, failing that, polls this often; numbers at most this many per transaction.
+RELAY_POLL_SECONDS = cfg.float("RELAY_POLL_SECONDS", 1.0, minimum=0.05)
+RELAY_BATCH_SIZE = cfg.int("RELAY_BATCH_SIZE", 500, minimum=1)
+# The relay's own /metrics on 127.0.0.1 (published count, lag). 0 = off.
+RELAY_METRICS_PORT = cfg.int("RELAY_METRICS_PORT", 0, minimum=0)
+# --- end Live notifications (issue 16)

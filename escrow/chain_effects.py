@@ -184,7 +184,8 @@ class BookingPlan:
     withdraw: list[tuple[int, str]] = field(default_factory=list)
     # The newest block among the events folded (None: no events).
     events_block: int | None = None
-    steps: list[tuple[str, str, str, str]] = field(default_factory=list)  # (from, to, tx_hash, note)
+    # (from, to, tx_hash, note, moves_booking): see BookingStatusChange.moves_booking.
+    steps: list[tuple[str, str, str, str, bool]] = field(default_factory=list)
     fee: FeeRow | None = None
     fee_changed: bool = False
     earnings: list[tuple[str, int, int]] = field(default_factory=list)  # (provider, amount delta, count delta)
@@ -279,28 +280,28 @@ def plan_booking_sync(snapshot: BookingSnapshot, state, *, now) -> BookingPlan:
         if (implied, target) in _FORWARD:
             current = snapshot.status
             if implied == C.NONE and state.payment is not None:
-                plan.steps.append((current, S.PAID, state.payment.tx_hash, _event_note(state.payment)))
+                plan.steps.append((current, S.PAID, state.payment.tx_hash, _event_note(state.payment), True))
                 current = S.PAID
             final = state.completion if target == C.COMPLETED else state.cancellation
             if final is not None:
-                plan.steps.append((current, TARGET_STATUS[target], final.tx_hash, _event_note(final)))
+                plan.steps.append((current, TARGET_STATUS[target], final.tx_hash, _event_note(final), True))
         else:
             gone = [old.get(k) for k in ("cancellation", "completion", "payment") if old.get(k) and not new.get(k)]
             tx_hash = gone[0]["tx_hash"] if gone else ""
             # Events removed: a reorg. None: the status was set without an event (by hand, say).
             note = (f"chain reorg: chain state is now {target}; removed: " + ", ".join(g["tx_hash"] for g in gone)
                     if gone else f"chain state is now {target}; no stored event shows {implied}")
-            plan.steps.append((snapshot.status, TARGET_STATUS[target], tx_hash, note))
+            plan.steps.append((snapshot.status, TARGET_STATUS[target], tx_hash, note, True))
         if plan.steps:
             plan.status = plan.steps[-1][1]
     elif target in (C.COMPLETED, C.CANCELLED) and state.payment is not None and old and not old.get("payment"):
         # The chain sync took the booking to its end without a payment (the fast path folded the
         # cancellation's receipt alone; the payment, mined in the same block, was stored after):
-        # the trail gets the step it skipped. The status stays.
+        # the trail gets the step it skipped. The status stays: a history line, not a move.
         final = state.completion if target == C.COMPLETED else state.cancellation
         after = f", stored after {final.event_name} in tx {final.tx_hash}" if final is not None else ""
         plan.steps.append((S.PENDING_PAYMENT, S.PAID, state.payment.tx_hash,
-                           f"{_event_note(state.payment)}{after}: recorded late"))
+                           f"{_event_note(state.payment)}{after}: recorded late", False))
 
     # -- tx hashes and confirmation time mirror the chain state ---------------------------
     regressed = implied != target and (implied, target) not in _FORWARD
@@ -452,14 +453,15 @@ def apply_plans(
         steps = [(p.snapshot.id, *step) for p in plans for step in p.steps]
         if steps:
             cursor.execute(
-                f"""INSERT INTO {_CHANGE} (booking_id, from_status, to_status, source, actor, tx_hash, note, created_at)
-                    SELECT u.booking_id, u.from_status, u.to_status, %s, %s, u.tx_hash, u.note, %s
-                    FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
-                        AS u(booking_id, from_status, to_status, tx_hash, note)""",
+                f"""INSERT INTO {_CHANGE}
+                        (booking_id, from_status, to_status, source, actor, tx_hash, note, moves_booking, created_at)
+                    SELECT u.booking_id, u.from_status, u.to_status, %s, %s, u.tx_hash, u.note, u.moves_booking, %s
+                    FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::boolean[])
+                        AS u(booking_id, from_status, to_status, tx_hash, note, moves_booking)""",
                 [
                     source, actor[:200], now,
                     [s[0] for s in steps], [s[1] for s in steps], [s[2] for s in steps],
-                    [s[3] for s in steps], [s[4] for s in steps],
+                    [s[3] for s in steps], [s[4] for s in steps], [s[5] for s in steps],
                 ],
             )
         _write_fees(cursor, [p for p in plans if p.fee_changed], now)

@@ -131,6 +131,11 @@ class BookingStatusChange(models.Model):
     actor = models.CharField(max_length=200, blank=True, default="")
     tx_hash = models.CharField(max_length=66, blank=True, default="")
     note = models.TextField(blank=True, default="")
+    # False for a history line that moves nothing: a reverted transaction's decoded reason, or a
+    # step the chain sync learned after the booking had moved past it (a payment stored after its
+    # cancellation). Clients are told of moves only: the outbox trigger (notifications) skips these.
+    # db_default: the chain sync inserts rows with SQL of its own.
+    moves_booking = models.BooleanField(default=True, db_default=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

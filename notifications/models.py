@@ -3,7 +3,9 @@
 A trigger on escrow's audit table (every status change, whatever moved it: API, chain, fast
 path, reconciliation, console, a reorg moving a booking back, writes one BookingStatusChange)
 inserts the Notification in the same transaction, so a rollback leaves none behind and no
-writer can forget it. Escrow does not know this floor exists.
+writer can forget it. Escrow does not know this floor exists. An audit row that moves nothing
+(from_status = to_status: a reverted transaction noted on the booking's history) is not a change
+and gets none.
 
 `seq` is the order clients see. It is not the row id: ids are taken at insert, and a
 transaction holding a lower id can commit after one holding a higher id, so a client that

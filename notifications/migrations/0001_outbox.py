@@ -6,9 +6,15 @@ from django.db import migrations, models
 # The outbox row is written by the database in the transaction that records the status change
 # (see notifications.models): no writer can skip it, and a rollback takes it away too.
 # pg_notify wakes the relay at commit (notifications of one transaction fold into one).
+# A history line that moves nothing (BookingStatusChange.moves_booking false: a reverted
+# transaction's reason, a payment the chain sync stored after the cancellation) is not a change:
+# no notification.
 OUTBOX_TRIGGER = """
 CREATE OR REPLACE FUNCTION notifications_outbox_insert() RETURNS trigger AS $$
 BEGIN
+    IF NOT NEW.moves_booking THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO notifications_notification (
         status_change_id, booking_id, booking_uuid, kind, from_status, to_status, source, tx_hash,
         customer_address, provider_address, inviter_address, created_at
@@ -37,7 +43,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('escrow', '0009_referrals'),
+        ('escrow', '0010_status_change_moves_booking'),
     ]
 
     operations = [

@@ -82,6 +82,8 @@ def test_the_scanner_storing_the_payment_withdraws_the_fast_paths_anomaly_and_sh
     assert trail[-1][:2] == (S.PENDING_PAYMENT, S.PAID)
     paid = booking.status_changes.get(to_status=S.PAID)
     assert "recorded late" in paid.note and cancel_hash in paid.note
+    # History, not a move: clients are not told the cancelled booking became PAID (no notification).
+    assert not paid.moves_booking and not hasattr(paid, "notification")
 
     # A later pass over the same events changes nothing and raises nothing again.
     before = list(booking.status_changes.values_list("id", flat=True))

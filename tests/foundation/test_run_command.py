@@ -26,6 +26,7 @@ def _wait_for(url: str, deadline: float) -> requests.Response | None:
 
 def test_bin_run_starts_chain_web_worker_and_beat(tmp_path):
     web_port, chain_port, worker_metrics_port = find_free_port(), find_free_port(), find_free_port()
+    asgi_port = find_free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST", "CHAIN_", "ESCROW_", "USDC_"))}
     env.update(
         BOOKME_READ_ENV_FILES="1",  # the run command reads the chain.env that localchain writes
@@ -33,6 +34,7 @@ def test_bin_run_starts_chain_web_worker_and_beat(tmp_path):
         DATABASE_URL="postgres://postgres@127.0.0.1:5432/bookme_runcheck",
         REDIS_URL="redis://127.0.0.1:6379/13",
         WEB_PORT=str(web_port),
+        ASGI_PORT=str(asgi_port),
         CHAIN_PORT=str(chain_port),
         DJANGO_DEBUG="true",
         WEB_WORKERS="1",

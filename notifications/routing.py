@@ -1,0 +1,7 @@
+from django.urls import path
+
+from .consumers import BookingStreamConsumer
+
+websocket_urlpatterns = [
+    path("ws/bookings/", BookingStreamConsumer.as_asgi()),
+]
