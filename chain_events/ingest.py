@@ -9,7 +9,8 @@
     remove_events_above(...)     a reorg's rollback (chain_events.reorg)
 
 Each runs inside one database transaction (the caller's, or its own where it says so) over
-the same steps: insert the rows (bulk, ON CONFLICT on the log key: store.insert_events), mark
+the same steps: insert the new rows (bulk, ON CONFLICT on the log key: store.insert_events),
+lock the bookings, move back in rows a reorg had removed (store.revive_events) and mark
 REMOVED the rows stored for a block range whose block left the chain, then hand every
 touched booking to the consumer (chain_events.consumers) with all its stored events: the
 consumer folds them, so applying is idempotent and a crash before the commit leaves nothing
@@ -17,12 +18,24 @@ behind. Handing over is bulk first, all touched bookings at once in a savepoint;
 fails, each booking in its own savepoint, so one bad event never blocks the others: the new
 events of a booking that still fails are marked FAILED with backoff (DEAD_LETTER after
 CHAIN_EVENT_MAX_ATTEMPTS), the rest are applied.
+
+THE LOCK ORDER, kept by every writer here (the scanner, replay, the receipt fast path,
+reconciliation, retries, a reorg's rollback) and enforced by `_apply_stored`:
+  1. new event rows, inserted in key order (store.insert_events), before any lock;
+  2. the bookings (then orphans) of every log touched, all at once, in id order (`_lock`,
+     `EventConsumer.hold`);
+  3. only then writes to event rows already stored (revive, mark REMOVED/PROCESSED/FAILED,
+     retries' claim), all of them rows of bookings locked in 2.
+A writer waiting in 1 holds no booking and no stored row, so nothing it holds is awaited by
+one in 2 or 3: the fast path that locked a booking and then waited on the scanner's
+uncommitted insert of the same log, while the scanner waited for the booking, was a deadlock
+(issue 17); now both insert first.
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from django.db import transaction
 from django.utils import timezone
@@ -44,20 +57,19 @@ def ingest_scanned_range(
     contract: IndexedContract, logs: list[DecodedLog], from_block: int, to_block: int, *, actor: str, now,
     turn: ApplyTurn, canonical: CanonicalHashes, answered_by: str,
 ) -> LogsOutcome:
-    """Store a scanned range's logs and apply the bookings of the rows this call stored.
-
-    Catch-up's rows are all new, so nothing is locked before storing them: rows met unchanged
-    are not locked (store.insert_events), and a revived one, rare, may wait; a deadlock there
-    aborts the range, which the next pass scans again. `turn` orders it against the range
-    applied in parallel (chain_events.lanes)."""
+    """Store a scanned range's logs and apply the bookings of the rows this call stored (or
+    moved back in). `turn` orders it against the range applied in parallel (chain_events.lanes)."""
     consumer = get_consumer()
     inserted = store.insert_events(contract.chain_id, contract.contract, logs, source=EventSource.SCANNER, now=now)
+    revive = _met_removed(contract, logs, inserted)
     stale = _stale_rows(contract, logs, from_block, to_block, now=now, canonical=canonical, answered_by=answered_by)
     touched: dict[str, list[DecodedLog]] = {}
     for event in logs:
         if event.chain_booking_id in inserted:
             touched.setdefault(event.chain_booking_id, []).append(event)
-    return _apply_stored(consumer, contract, logs, inserted, touched, stale, actor=actor, now=now, turn=turn)
+    return _apply_stored(
+        consumer, contract, logs, inserted, touched, stale, actor=actor, now=now, turn=turn, revive=revive
+    )
 
 
 def ingest_replayed_range(
@@ -68,10 +80,12 @@ def ingest_replayed_range(
     FAILED/DEAD_LETTER events apply if they can now); stored rows the canonical chain lacks
     are marked REMOVED."""
     consumer = get_consumer()
-    _lock(consumer, contract, [event.chain_booking_id for event in logs])
     inserted = store.insert_events(contract.chain_id, contract.contract, logs, source=EventSource.REPLAY, now=now)
+    revive = _met_removed(contract, logs, inserted)
     stale = _stale_rows(contract, logs, from_block, to_block, now=now, canonical=canonical, answered_by=answered_by)
-    return _apply_stored(consumer, contract, logs, inserted, _by_booking(logs), stale, actor=actor, now=now)
+    return _apply_stored(
+        consumer, contract, logs, inserted, _by_booking(logs), stale, actor=actor, now=now, revive=revive
+    )
 
 
 def apply_receipt_logs(logs: list[DecodedLog], *, actor: str) -> LogsOutcome:
@@ -117,10 +131,10 @@ def rebuild_from_logs(
         event for event in decode_logs(raw_logs, contract_address=contract.contract) if event.chain_booking_id in ids
     ]
     now = timezone.now()
-    _lock(consumer, contract, [*wanted, *(event.chain_booking_id for event in logs)])
     inserted = store.insert_events(
         contract.chain_id, contract.contract, logs, source=EventSource.RECONCILIATION, now=now
     )
+    revive = _met_removed(contract, logs, inserted)
     stale = _stale_rows(
         contract, logs, 0, to_block, now=now, canonical=CanonicalHashes(client), answered_by="",
         chain_booking_ids=wanted,
@@ -129,7 +143,8 @@ def rebuild_from_logs(
     for chain_booking_id in wanted:
         touched.setdefault(chain_booking_id, [])
     return _apply_stored(
-        consumer, contract, logs, inserted, touched, stale, actor=actor, now=now, must_apply=frozenset(wanted)
+        consumer, contract, logs, inserted, touched, stale, actor=actor, now=now, must_apply=frozenset(wanted),
+        revive=revive,
     )
 
 
@@ -222,13 +237,23 @@ def _by_booking(logs: list[DecodedLog]) -> dict[str, list[DecodedLog]]:
 def _store_and_apply(
     consumer: EventConsumer, contract: IndexedContract, logs: list[DecodedLog], *, source: str, actor: str
 ) -> LogsOutcome:
-    """Logs met outside a block range (a receipt, reconciliation): their bookings are locked
-    first, as these callers meet rows stored already, and storing a log revives a row a reorg
-    removed (an UPDATE: a row lock)."""
+    """Logs met outside a block range (a receipt, reconciliation): stored first, their bookings
+    locked after (the lock order above: a receipt's log the scanner is inserting at the same
+    moment is waited for before any booking is held)."""
     now = timezone.now()
-    _lock(consumer, contract, [event.chain_booking_id for event in logs])
     inserted = store.insert_events(contract.chain_id, contract.contract, logs, source=source, now=now)
-    return _apply_stored(consumer, contract, logs, inserted, _by_booking(logs), [], actor=actor, now=now)
+    revive = _met_removed(contract, logs, inserted)
+    return _apply_stored(
+        consumer, contract, logs, inserted, _by_booking(logs), [], actor=actor, now=now, revive=revive
+    )
+
+
+def _met_removed(contract: IndexedContract, logs: list[DecodedLog], inserted: dict[str, list[int]]) -> list[DecodedLog]:
+    """Logs this call did not insert whose stored row a reorg REMOVED, or stored from another
+    block: moved back in by `_apply_stored`, once their bookings are locked."""
+    if sum(len(ids) for ids in inserted.values()) == len(logs):
+        return []
+    return store.logs_to_revive(contract.chain_id, logs)
 
 
 def _stale_rows(
@@ -257,19 +282,29 @@ def _stale_rows(
 def _apply_stored(
     consumer: EventConsumer, contract: IndexedContract, logs: list[DecodedLog], inserted: dict[str, list[int]],
     touched: dict[str, list[DecodedLog]], stale: list[store.LiveRow], *, actor: str, now, turn: ApplyTurn = NO_TURN,
-    must_apply: frozenset[str] = frozenset(),
+    must_apply: frozenset[str] = frozenset(), revive: Sequence[DecodedLog] = (),
 ) -> LogsOutcome:
-    """Mark the `stale` rows REMOVED, then apply the `touched` bookings (and theirs)."""
-    outcome = LogsOutcome(logs=len(logs), inserted=sum(len(ids) for ids in inserted.values()))
+    """Move the `revive` logs' rows back in and mark the `stale` rows REMOVED (writes to stored
+    rows: step 3 of the lock order, after the bookings), then apply the `touched` bookings (and theirs)."""
     removed: dict[str, list[int]] = {}
-    if stale:
+    if stale or revive:
         for row in stale:
             touched.setdefault(row.chain_booking_id, [])
+        for event in revive:
+            touched.setdefault(event.chain_booking_id, [])
         turn.wait()  # their bookings may be in the range before: lock nothing of theirs ahead of it
-        # Every booking this call applies, locked in id order before their rows are marked;
-        # _apply below re-takes them.
+        # Every booking this call applies, locked at once in id order before their rows are
+        # written; _apply below re-takes them.
         _lock(consumer, contract, touched)
+        revived = store.revive_events(contract.chain_id, revive, now=now)
+        for event in revive:
+            if event.chain_booking_id in revived and event not in touched[event.chain_booking_id]:
+                touched[event.chain_booking_id].append(event)
+        for chain_booking_id, ids in revived.items():
+            inserted.setdefault(chain_booking_id, []).extend(ids)
         removed = store.mark_removed([row.id for row in stale], now=now)
+    outcome = LogsOutcome(logs=len(logs), inserted=sum(len(ids) for ids in inserted.values()))
+    if stale:
         outcome.removed = sum(len(ids) for ids in removed.values())
     outcome.booking_ids = list(touched)
     if touched:

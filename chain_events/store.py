@@ -32,23 +32,30 @@ _UNSETTLED_SQL = "('PENDING', 'FAILED', 'RETRY', 'DEAD_LETTER')"
 def insert_events(
     chain_id: int, contract: str, logs: list[DecodedLog], *, source: str, now, status: str = _S.PROCESSED
 ) -> dict[str, list[int]]:
-    """Store `logs`; return {chain_booking_id: [row ids]} of rows this call inserted or revived.
+    """Store the `logs` not stored yet; return {chain_booking_id: [row ids]} of rows this call inserted.
 
     Rows go in as `status` (PROCESSED by default: the caller applies them in the same
-    transaction and marks the ones whose booking fails). Logs already stored unchanged are
-    not returned: whoever stored them applied them.
+    transaction and marks the ones whose booking fails). Logs already stored are not returned
+    and not touched: whoever stored them applied them; one a reorg removed (or stored from
+    another block) is moved back in by `revive_events`, under its booking's lock.
+
+    The lock order (see chain_events.consumers): this is the first step of every writer and
+    takes no lock but the new rows' keys, in KEY order (tx hash, log index), so two writers
+    inserting the same logs wait on each other in one direction only; it runs before any
+    booking is locked, so a writer holding a booking never waits here on a writer that waits
+    for that booking (the fast path against the scanner, issue 17).
     """
     if not logs:
         return {}
+    logs = sorted(logs, key=lambda ev: ev.key)
     if len(logs) >= COPY_MIN_ROWS:
         try:
             with transaction.atomic():
                 return _copy_new_events(chain_id, contract, logs, source=source, now=now, status=status)
         except IntegrityError:
-            pass  # some of these logs are stored already (fast path, replay): the upsert below sorts them out
-    # Logs stored already are left unlocked: ON CONFLICT DO NOTHING takes no lock on the row
-    # it meets (DO UPDATE would lock it even where its WHERE is false), and a writer holding
-    # that row's booking may be about to write the row (the lock order: booking, then rows).
+            pass  # some of these logs are stored already (fast path, replay): the insert below sorts them out
+    # ON CONFLICT DO NOTHING takes no lock on a stored row it meets (DO UPDATE would lock it even
+    # where its WHERE is false); ORDER BY: the key order above, whatever the plan.
     insert_sql = f"""
         INSERT INTO {TABLE} (chain_id, contract_address, block_number, block_hash, tx_hash, tx_index,
             log_index, event_name, args, chain_booking_id, status, source, retry_count, next_retry_at,
@@ -57,40 +64,73 @@ def insert_events(
             u.args::jsonb, u.chain_booking_id, %s, %s, 0, NULL, '', %s, %s, %s
         FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[], %b::text[], %b::text[], %b::text[])
             AS u(block_number, block_hash, tx_hash, tx_index, log_index, event_name, args, chain_booking_id)
+        ORDER BY u.tx_hash, u.log_index
         ON CONFLICT (chain_id, tx_hash, log_index) DO NOTHING
         RETURNING id, chain_booking_id
     """
-    # Only rows that must change are written (and so locked): a log back on the chain after a
-    # reorg removed it, or mined again in another block.
-    revive_sql = f"""
-        UPDATE {TABLE} AS e SET
-            block_number = u.block_number, block_hash = u.block_hash, tx_index = u.tx_index,
-            status = %s, retry_count = 0, next_retry_at = NULL, last_error = '', processed_at = %s, updated_at = %s
-        FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[])
-            AS u(block_number, block_hash, tx_hash, tx_index, log_index)
-        WHERE e.chain_id = %s AND e.tx_hash = u.tx_hash AND e.log_index = u.log_index
-          AND (e.status = 'REMOVED' OR e.block_hash <> u.block_hash)
-        RETURNING e.id, e.chain_booking_id
-    """
     processed_at = now if status == _S.PROCESSED else None
-    columns = [
+    out: dict[str, list[int]] = {}
+    with server_binding_cursor() as cursor:
+        cursor.execute(insert_sql, [
+            chain_id, contract, status, source, processed_at, now, now, *_key_columns(logs),
+            [ev.event_name for ev in logs], [ev.args_json() for ev in logs], [ev.chain_booking_id for ev in logs],
+        ])
+        for row_id, chain_booking_id in cursor.fetchall():
+            out.setdefault(chain_booking_id, []).append(row_id)
+    return out
+
+
+def _key_columns(logs: list[DecodedLog]) -> list[list]:
+    return [
         [ev.block_number for ev in logs],
         [ev.block_hash for ev in logs],
         [ev.tx_hash for ev in logs],
         [ev.tx_index for ev in logs],
         [ev.log_index for ev in logs],
     ]
+
+
+def logs_to_revive(chain_id: int, logs: list[DecodedLog]) -> list[DecodedLog]:
+    """Of `logs`, those stored as REMOVED (a reorg dropped them) or from another block: a plain
+    read (no lock), so a caller learns whose bookings it must lock before `revive_events`."""
+    if not logs:
+        return []
+    with server_binding_cursor() as cursor:
+        cursor.execute(
+            f"""SELECT e.tx_hash, e.log_index FROM {TABLE} AS e
+                JOIN unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[])
+                    AS u(block_number, block_hash, tx_hash, tx_index, log_index)
+                  ON e.tx_hash = u.tx_hash AND e.log_index = u.log_index
+                WHERE e.chain_id = %s AND (e.status = 'REMOVED' OR e.block_hash <> u.block_hash)""",
+            [*_key_columns(logs), chain_id],
+        )
+        keys = set(cursor.fetchall())
+    return [ev for ev in logs if ev.key in keys]
+
+
+def revive_events(chain_id: int, logs: list[DecodedLog], *, now, status: str = _S.PROCESSED) -> dict[str, list[int]]:
+    """Move back in the stored rows of `logs` that a reorg REMOVED or that were stored from
+    another block (the log is on the canonical chain again, or mined again elsewhere); return
+    {chain_booking_id: [row ids]} of the rows changed. An UPDATE, so a row lock: the caller
+    holds their bookings' locks already (the lock order, see chain_events.consumers)."""
+    if not logs:
+        return {}
+    processed_at = now if status == _S.PROCESSED else None
     out: dict[str, list[int]] = {}
     with server_binding_cursor() as cursor:
-        cursor.execute(insert_sql, [
-            chain_id, contract, status, source, processed_at, now, now, *columns,
-            [ev.event_name for ev in logs], [ev.args_json() for ev in logs], [ev.chain_booking_id for ev in logs],
-        ])
-        inserted = cursor.fetchall()
-        if len(inserted) < len(logs):
-            cursor.execute(revive_sql, [status, processed_at, now, *columns, chain_id])
-            inserted += cursor.fetchall()
-        for row_id, chain_booking_id in inserted:
+        cursor.execute(
+            f"""UPDATE {TABLE} AS e SET
+                    block_number = u.block_number, block_hash = u.block_hash, tx_index = u.tx_index,
+                    status = %s, retry_count = 0, next_retry_at = NULL, last_error = '', processed_at = %s,
+                    updated_at = %s
+                FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::int[], %b::int[])
+                    AS u(block_number, block_hash, tx_hash, tx_index, log_index)
+                WHERE e.chain_id = %s AND e.tx_hash = u.tx_hash AND e.log_index = u.log_index
+                  AND (e.status = 'REMOVED' OR e.block_hash <> u.block_hash)
+                RETURNING e.id, e.chain_booking_id""",
+            [status, processed_at, now, *_key_columns(logs), chain_id],
+        )
+        for row_id, chain_booking_id in cursor.fetchall():
             out.setdefault(chain_booking_id, []).append(row_id)
     return out
 

@@ -6,17 +6,21 @@ BookingAdmin with the transactions sent, reconciliation flags and the operators'
 """
 from __future__ import annotations
 
+import csv
 from datetime import timedelta
 
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q
-from django.urls import reverse
+from django.http import StreamingHttpResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from chain_events.models import ChainEvent
 from common.console import ConsoleInline, ConsoleModelAdmin
 from common.eth import usdc
 
+from .earnings import fee_ledger_rows
 from .models import (
     AttentionItem,
     Booking,
@@ -169,8 +173,18 @@ class SignatureNonceAdmin(ConsoleModelAdmin):
         return self.search_fields
 
 
+class _Echo:
+    """csv.writer writes to this and gets each line back, so the export streams row by row
+    (Django's documented pattern for large CSV files)."""
+
+    def write(self, value):
+        return value
+
+
 @admin.register(PlatformFee)
 class PlatformFeeAdmin(ConsoleModelAdmin):
+    # Adds the "Export CSV" link (templates/admin/escrow/platformfee/change_list.html).
+    change_list_template = "admin/escrow/platformfee/change_list.html"
     list_display = ("booking", "platform", "inviter", "provider", "tx_hash", "created_at")
     search_fields = ("booking__uuid", "=tx_hash")
     list_select_related = ("booking",)
@@ -188,6 +202,19 @@ class PlatformFeeAdmin(ConsoleModelAdmin):
     @admin.display(description="provider", ordering="provider_amount")
     def provider(self, fee):
         return usdc(fee.provider_amount)
+
+    def get_urls(self):
+        export = path("export.csv", self.admin_site.admin_view(self.export_csv), name="escrow_platformfee_export")
+        return [export, *super().get_urls()]
+
+    def export_csv(self, request):
+        """The whole platform fee ledger as CSV, oldest first (escrow.earnings.fee_ledger_rows): any staff."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        writer = csv.writer(_Echo())
+        response = StreamingHttpResponse((writer.writerow(row) for row in fee_ledger_rows()), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="platform-fee-ledger.csv"'
+        return response
 
 
 @admin.register(ProviderEarnings)

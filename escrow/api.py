@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from django.conf import settings
 from django.db.models import prefetch_related_objects
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    extend_schema_view,
+)
 from rest_framework import mixins, status
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
@@ -25,8 +31,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.viewsets import GenericViewSet
 
-from .authentication import NOT_LOADED, WalletTokenAuthentication, booking_loaded_with_token, is_wallet
+from .authentication import NOT_LOADED, WalletTokenAuthentication, booking_loaded_with_token, is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER
+from .earnings import bookings_with_earnings, day_totals, fee_ledger_days, fee_ledger_totals, wallet_earnings
 from .models import Booking, InviteCode
 from .permissions import IsWallet, IsWalletOrStaff
 from .referrals import create_invite_code, invite_code_named, invite_codes_of, redeem_invite_code
@@ -37,6 +44,7 @@ from .serializers import (
     CancellationAuthorizationSerializer,
     CancellationRequestSerializer,
     ErrorSerializer,
+    FeeLedgerSerializer,
     InviteCodeSerializer,
     PaymentAuthorizationSerializer,
     RedeemInviteCodeSerializer,
@@ -46,6 +54,7 @@ from .serializers import (
     StrictSerializer,
     TransactionSubmissionSerializer,
     TransactionSubmitSerializer,
+    WalletEarningsSerializer,
     WalletSessionSerializer,
     WalletTokenSerializer,
     payment_authorization_body,
@@ -66,6 +75,11 @@ from .wallet_tokens import issue_wallet_token, revoke_wallet_token
 API_AUTHENTICATION = [WalletTokenAuthentication, SessionAuthentication]
 
 _BOOKING_ID = OpenApiParameter("booking_id", OpenApiTypes.UUID, OpenApiParameter.PATH, description="booking UUID")
+# The answer about a transaction not mined (or not confirmed) yet says when to ask again.
+TX_RETRY_AFTER = OpenApiParameter(
+    "Retry-After", OpenApiTypes.INT, OpenApiParameter.HEADER, response=[202],
+    description="seconds to wait before asking again about a transaction not mined (or confirmed) yet",
+)
 
 
 class EmptyBodySerializer(StrictSerializer):
@@ -233,6 +247,7 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         body = CancellationAuthorizationSerializer(
             {
                 **signed.__dict__,
+                "ethers": signed.ethers,
                 "booking_status": signed.record.booking.status,
                 "policy_tier": terms.tier,
                 "refund_bps": terms.refund_bps,
@@ -245,11 +260,17 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         summary="Report the transaction sent for this booking (customer or provider)",
         description=(
             "Fetches the receipt at once instead of waiting for the scanner. 202 {status: pending} while it "
-            "is not mined; 200 {status: mined|reverted} once it is; 400 when it did not touch the escrow "
-            "contract or has no event for this booking; 409 when its block is not the chain's block at that "
-            "height (reorganised out, or a node on a fork answered): nothing is applied."
+            "is in the node's mempool (or mined below the confirmation depth), 202 {status: unknown} while the "
+            "node has never seen it: both with Retry-After and retry_after_seconds (ask again then; an unknown "
+            "transaction still unknown a minute after it was sent was dropped: send it again). 200 "
+            "{status: mined} once applied; 200 {status: reverted, reason: {error, args}} with the contract's "
+            "decoded custom error, also recorded on the booking's status_history (no status change). 400 when "
+            "it did not touch the escrow contract, has no event for this booking, or is a reverted call for "
+            "another booking; 409 when its block is not the chain's block at that height (reorganised out, or "
+            "a node on a fork answered): nothing is applied. 503 with Retry-After when the chain node is "
+            "unavailable or the database met a concurrent update: send it again."
         ),
-        parameters=[_BOOKING_ID],
+        parameters=[_BOOKING_ID, TX_RETRY_AFTER],
         request=TransactionSubmitSerializer,
         responses={
             200: TransactionSubmissionSerializer,
@@ -264,8 +285,12 @@ class BookingViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, GenericVi
         serializer = TransactionSubmitSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         result = submit_transaction(booking, serializer.validated_data["tx_hash"], actor=actor_label(request.user))
-        code = status.HTTP_202_ACCEPTED if result.status == "pending" else status.HTTP_200_OK
-        return Response(TransactionSubmissionSerializer(result).data, status=code)
+        if result.retry_after_seconds is not None:  # unknown, or pending: the client asks again
+            return Response(
+                TransactionSubmissionSerializer(result).data, status=status.HTTP_202_ACCEPTED,
+                headers={"Retry-After": str(result.retry_after_seconds)},
+            )
+        return Response(TransactionSubmissionSerializer(result).data, status=status.HTTP_200_OK)
 
 
 # -- Sign-In with Ethereum ------------------------------------------------------------------
@@ -405,3 +430,49 @@ class RedeemInviteCodeView(APIView):
             raise NotFound("No invite code with this code; check it with the wallet that shared it.")
         referral = redeem_invite_code(request.user.address, invite)
         return Response(ReferralSerializer(referral).data, status=status.HTTP_201_CREATED)
+
+
+# -- earnings ---------------------------------------------------------------------------------
+_EARNINGS = PolymorphicProxySerializer(
+    component_name="Earnings", serializers=[WalletEarningsSerializer, FeeLedgerSerializer],
+    resource_type_field_name=None,
+)
+
+
+class EarningsView(APIView):
+    authentication_classes = API_AUTHENTICATION
+    permission_classes = [IsWalletOrStaff]
+
+    @extend_schema(
+        summary="What the signed-in wallet earned as provider and as inviter (staff: the platform fee ledger)",
+        description=(
+            "A wallet: its totals as provider (completions and its part of cancellations) and as inviter, and "
+            "the bookings that paid it, newest settled first, 50 a page (`?page=N`). Staff: the platform fee "
+            "ledger's totals and its totals per UTC day, newest first, 50 days a page. Every amount is exact: "
+            "`amount` in USDC base units as a decimal string, `amount_decimal` whole USDC with 6 decimals. "
+            "The console exports the fee ledger as CSV (Platform fees, Export CSV)."
+        ),
+        parameters=[OpenApiParameter("page", OpenApiTypes.INT, OpenApiParameter.QUERY, required=False)],
+        responses={200: _EARNINGS, **refusals(401, 403), 404: OpenApiResponse(ErrorSerializer, "No such page")},
+    )
+    def get(self, request):
+        paginator = BookingPagination()
+        if is_staff_user(request.user):
+            days = [day_totals(row) for row in paginator.paginate_queryset(fee_ledger_days(), request, view=self)]
+            body = {
+                "totals": fee_ledger_totals(),
+                "results": [{"day": day, **totals.__dict__} for day, totals in days],
+            }
+            return Response(FeeLedgerSerializer(self._page(paginator, body)).data)
+        address = request.user.address
+        earnings = wallet_earnings(address)
+        bookings = paginator.paginate_queryset(bookings_with_earnings(address), request, view=self)
+        body = {"address": address, "provider": earnings.provider, "inviter": earnings.inviter, "results": bookings}
+        return Response(WalletEarningsSerializer(self._page(paginator, body)).data)
+
+    @staticmethod
+    def _page(paginator: PageNumberPagination, body: dict) -> dict:
+        return {
+            **body, "count": paginator.page.paginator.count,
+            "next": paginator.get_next_link(), "previous": paginator.get_previous_link(),
+        }

@@ -16,6 +16,11 @@ receipt from any other block (a node still on a fork the chain left, or a transa
 reorganised out) is refused with ReceiptNotCanonical and nothing is stored. The scanner still
 owns the chain's canonical view after that: events stored here ahead of its cursor are checked
 (and marked REMOVED if their block left the chain) when it scans their blocks.
+
+Not mined: the node either holds the transaction in its mempool (`in_mempool`: the client
+waits) or has never seen it (the client waits a little, then sends it again). Reverted: the
+receipt carries no reason, so the transaction is replayed at its block and the contract's
+custom error decoded (escrow.revert_reasons).
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from chain_events.ingest import apply_receipt_logs
 from chain_events.rpc import RpcClient, RpcInconsistentAnswer, get_receipt, get_rpc_client, parse_header
 
 from .errors import BookingConflict
+from .revert_reasons import RevertReason, replay_revert_reason
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,12 @@ class ReceiptOutcome:
 
     tx_hash: str
     mined: bool
+    # Not mined, but the node holds it (eth_getTransactionByHash answers it): pending, not unknown.
+    in_mempool: bool = False
     block_number: int | None = None
     reverted: bool = False
+    # Why it reverted (the contract's custom error), for reverted calls to our escrow contract.
+    revert_reason: RevertReason | None = None
     # The transaction was sent to our escrow contract (its `to`), even if it emitted nothing.
     called_escrow: bool = False
     # Our contract's booking events in this receipt, in log order.
@@ -79,7 +89,7 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
     client = client or get_rpc_client()
     receipt = get_receipt(client, tx_hash)
     if receipt is None:
-        return ReceiptOutcome(tx_hash=tx_hash, mined=False)
+        return ReceiptOutcome(tx_hash=tx_hash, mined=False, in_mempool=get_transaction(client, tx_hash) is not None)
     contract = indexed_contract().contract
     outcome = ReceiptOutcome(
         tx_hash=tx_hash,
@@ -94,6 +104,12 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         return outcome
     # Whatever we answer about a receipt of ours (even "reverted") must be about the chain's block.
     head = require_canonical_block(client, tx_hash, outcome.block_number, receipt["blockHash"].lower())
+    if outcome.reverted and outcome.called_escrow:
+        transaction = get_transaction(client, tx_hash)
+        outcome.revert_reason = (
+            replay_revert_reason(client, transaction, outcome.block_number)
+            if transaction is not None else RevertReason(error=None)
+        )
     if not outcome.events:
         return outcome
     if head is not None and head - outcome.block_number < settings.CHAIN_CONFIRMATIONS:
@@ -138,9 +154,25 @@ def require_canonical_block(client: RpcClient, tx_hash: str, number: int, receip
     return answer["head"]
 
 
+def get_transaction(client: RpcClient, tx_hash: str) -> dict | None:
+    """eth_getTransactionByHash: the transaction as the node knows it (in its mempool, or mined),
+    or None when the node has never seen it."""
+
+    def validate(results):
+        transaction = results[0]
+        if transaction is not None and (
+            not isinstance(transaction, dict) or str(transaction.get("hash", "")).lower() != tx_hash
+        ):
+            raise RpcInconsistentAnswer("transaction answered for another hash")
+
+    return client.batch([("eth_getTransactionByHash", [tx_hash])], validate=validate)[0]
+
+
 def store_and_apply(outcome: ReceiptOutcome, *, actor: str = "") -> None:
     """Store the receipt's decoded escrow events and apply the bookings they touch, in one
-    transaction, through the scanner's own ingest (same insert, same fold and apply)."""
+    transaction, through the scanner's own ingest (same insert, same fold and apply). The ingest
+    inserts the log rows before it locks any booking (chain_events.ingest, THE LOCK ORDER): the
+    scanner may be storing the same logs at this moment, and waits for nothing we hold."""
     result = apply_receipt_logs(outcome.events, actor=f"receipt:{actor}" if actor else "receipt")
     outcome.inserted = result.inserted
     outcome.bookings_applied = result.bookings

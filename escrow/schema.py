@@ -30,7 +30,11 @@ REFUSALS = {
     413: OpenApiResponse(ErrorSerializer, "The body is larger than DATA_UPLOAD_MAX_MEMORY_SIZE"),
     415: OpenApiResponse(ErrorSerializer, "The body is not application/json"),
     429: OpenApiResponse(ErrorSerializer, "Too many requests: try again in Retry-After seconds"),
-    503: OpenApiResponse(ErrorSerializer, "The chain node is unavailable: try again in Retry-After seconds"),
+    503: OpenApiResponse(
+        ErrorSerializer,
+        "The chain node is unavailable, or the database met a concurrent update (deadlock, lock timeout): "
+        "try again in Retry-After seconds",
+    ),
 }
 
 # Headers that come with a refusal, whichever operation gives it (see document_refusal_headers).

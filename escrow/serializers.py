@@ -283,8 +283,32 @@ class CancellationAuthorizationMessageSerializer(serializers.Serializer):
     nonce = serializers.CharField()
 
 
+class EthersTypedDataSerializer(serializers.Serializer):
+    """The same typed data as ethers v6 takes it: `verifyTypedData(domain, types, value, signature)`,
+    `signer.signTypedData(domain, types, value)`. `types` holds the struct alone (ethers refuses an
+    EIP712Domain entry as an ambiguous primary type); `value` is `message`."""
+
+    domain = Eip712DomainSerializer()
+    types = serializers.DictField(
+        child=serializers.ListField(child=serializers.DictField(child=serializers.CharField())),
+        help_text="the primary type's fields only, no EIP712Domain",
+    )
+    primaryType = serializers.CharField()
+    value = serializers.DictField(child=serializers.CharField(), help_text="the signed message, as `message`")
+
+
+class PaymentEthersTypedDataSerializer(EthersTypedDataSerializer):
+    value = BookingAuthorizationMessageSerializer(help_text="the signed message, as `message`")
+
+
+class CancellationEthersTypedDataSerializer(EthersTypedDataSerializer):
+    value = CancellationAuthorizationMessageSerializer(help_text="the signed message, as `message`")
+
+
 class SignedAuthorizationSerializer(serializers.Serializer):
-    """Everything a wallet needs to call the contract (message fields + signature) or to verify it (types, domain)."""
+    """Everything a wallet needs to call the contract (message fields + signature) or to verify it
+    (types, domain). The top level is the eth_signTypedData_v4 document (MetaMask, viem, eth_account:
+    `types` includes EIP712Domain); `ethers` is the same typed data in the shape ethers v6 takes."""
 
     booking = serializers.UUIDField(source="record.booking.uuid")
     primaryType = serializers.CharField(source="primary_type")
@@ -301,6 +325,7 @@ class SignedAuthorizationSerializer(serializers.Serializer):
 
 class PaymentAuthorizationSerializer(SignedAuthorizationSerializer):
     message = BookingAuthorizationMessageSerializer()
+    ethers = PaymentEthersTypedDataSerializer()
 
 
 _DATE_TIME = serializers.DateTimeField()  # how SignedAuthorizationSerializer renders expires_at
@@ -310,23 +335,32 @@ def payment_authorization_body(signed) -> dict:
     """`PaymentAuthorizationSerializer(signed).data`, built directly: authorize-payment is the hot
     path and the nested serializers cost more CPU than signing. PaymentAuthorizationSerializer
     stays the documented shape (OpenAPI); tests/escrow/test_authorize_fast_path.py checks both agree."""
-    domain = signed.domain
+    signed_domain = signed.domain
+    domain = {
+        "name": signed_domain["name"],
+        "version": signed_domain["version"],
+        "chainId": int(signed_domain["chainId"]),
+        "verifyingContract": signed_domain["verifyingContract"],
+    }
+    types = {name: [dict(member) for member in members] for name, members in signed.types.items()}
+    message = {name: str(value) for name, value in signed.message.items()}
     return {
         "booking": str(signed.record.booking.uuid),
         "primaryType": signed.primary_type,
-        "domain": {
-            "name": domain["name"],
-            "version": domain["version"],
-            "chainId": int(domain["chainId"]),
-            "verifyingContract": domain["verifyingContract"],
-        },
-        "types": {name: [dict(member) for member in members] for name, members in signed.types.items()},
+        "domain": domain,
+        "types": types,
         "signature": signed.signature,
         "digest": signed.digest,
         "nonce": str(signed.nonce),
         "expiry": str(signed.expiry),
         "expires_at": _DATE_TIME.to_representation(signed.expires_at),
-        "message": {name: str(value) for name, value in signed.message.items()},
+        "message": message,
+        "ethers": {  # SignedAuthorization.ethers
+            "domain": dict(domain),
+            "types": {signed.primary_type: types[signed.primary_type]},
+            "primaryType": signed.primary_type,
+            "value": dict(message),
+        },
     }
 
 
@@ -339,6 +373,7 @@ class CancellationSplitSerializer(serializers.Serializer):
 
 class CancellationAuthorizationSerializer(SignedAuthorizationSerializer):
     message = CancellationAuthorizationMessageSerializer()
+    ethers = CancellationEthersTypedDataSerializer()
     booking_status = serializers.ChoiceField(choices=BookingStatus.choices)
     policy_tier = serializers.CharField(help_text="provider_cancelled | full_refund | partial_refund | late")
     refund_bps = serializers.IntegerField(help_text="share of the amount refunded to the customer, basis points")
@@ -357,8 +392,25 @@ class TransactionSubmitSerializer(StrictSerializer):
     tx_hash = TxHashField(trim_whitespace=False)
 
 
+class RevertReasonSerializer(serializers.Serializer):
+    """Why a transaction reverted: the contract's custom error, decoded from its ABI."""
+
+    error = serializers.CharField(
+        allow_null=True,
+        help_text="the contract's custom error (e.g. NonceAlreadyUsed, AuthorizationExpired), Error or Panic; "
+        "null when the revert data is not one the ABI knows, or replaying the call did not revert",
+    )
+    args = serializers.DictField(help_text="its arguments by name: integers as decimal strings, addresses checksummed")
+    data = serializers.CharField(allow_blank=True, help_text="the raw revert data (0x hex)")
+    function = serializers.CharField(allow_null=True, help_text="the escrow function the transaction called")
+
+
 class TransactionSubmissionSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=SUBMISSION_STATUSES)
+    status = serializers.ChoiceField(
+        choices=SUBMISSION_STATUSES,
+        help_text="unknown: the chain node has never seen it; pending: in the node's mempool, or mined below the "
+        "confirmation depth; reverted: mined, and reverted (see reason); mined: applied",
+    )
     tx_hash = serializers.CharField()
     block_number = serializers.IntegerField(allow_null=True)
     events = serializers.ListField(child=serializers.CharField())
@@ -367,6 +419,11 @@ class TransactionSubmissionSerializer(serializers.Serializer):
         allow_null=True,
         help_text="the booking's status once the transaction's escrow events were applied",
     )
+    reason = RevertReasonSerializer(allow_null=True, help_text="reverted: why (null otherwise)")
+    retry_after_seconds = serializers.IntegerField(
+        allow_null=True, help_text="unknown/pending: ask again after this many seconds (also the Retry-After header)"
+    )
+    hint = serializers.CharField(allow_blank=True, help_text="unknown/pending: what to do meanwhile")
 
 
 # -- sign-in --------------------------------------------------------------------------------
@@ -418,3 +475,86 @@ class ConflictSerializer(ErrorSerializer):
 class FieldErrorsSerializer(serializers.Serializer):
     """Bad input: {field: [reason, ...]}; `non_field_errors` when the body as a whole is wrong.
     Its schema (a map of lists) is written out in escrow.schema."""
+
+
+# -- earnings ---------------------------------------------------------------------------------
+class UsdcAmountSerializer(serializers.Serializer):
+    """An exact amount given as an int: base units as a decimal string, and whole USDC."""
+
+    amount = serializers.CharField(help_text="USDC base units (6 decimals) as a decimal string, exact")
+    amount_decimal = serializers.CharField(help_text='whole USDC with exactly 6 decimals, e.g. "100.500000"')
+
+    def to_representation(self, instance):
+        return {"amount": str(int(instance)), "amount_decimal": format_amount(int(instance))}
+
+
+class ProviderTotalsSerializer(serializers.Serializer):
+    total = UsdcAmountSerializer(help_text="from completions and cancellations")
+    from_completions = UsdcAmountSerializer()
+    from_cancellations = UsdcAmountSerializer(help_text="the provider's part of cancellation splits")
+    bookings = serializers.IntegerField(help_text="bookings that paid the wallet as provider")
+    services_completed = serializers.IntegerField()
+
+
+class InviterTotalsSerializer(serializers.Serializer):
+    total = UsdcAmountSerializer()
+    bookings = serializers.IntegerField(help_text="bookings that paid the wallet as inviter")
+
+
+class BookingEarningSerializer(serializers.ModelSerializer):
+    """One booking that paid the wallet: its part as provider and as inviter (null in a role it
+    does not have there)."""
+
+    booking = serializers.UUIDField(source="uuid")
+    settled_by = serializers.SerializerMethodField(help_text="the event that paid out: completion or cancellation")
+    tx_hash = serializers.SerializerMethodField(help_text="the transaction that paid out")
+    as_provider = serializers.SerializerMethodField()
+    as_inviter = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Booking
+        fields = ["booking", "status", "settled_by", "tx_hash", "status_changed_at", "as_provider", "as_inviter"]
+        read_only_fields = fields
+
+    def get_settled_by(self, booking) -> str:
+        return "completion" if booking.chain_data.get("completion") else "cancellation"
+
+    def get_tx_hash(self, booking) -> str:
+        return booking.completion_tx_hash or booking.cancellation_tx_hash
+
+    @extend_schema_field(UsdcAmountSerializer(allow_null=True))
+    def get_as_provider(self, booking):
+        return UsdcAmountSerializer(booking.as_provider).data if booking.as_provider else None
+
+    @extend_schema_field(UsdcAmountSerializer(allow_null=True))
+    def get_as_inviter(self, booking):
+        return UsdcAmountSerializer(booking.as_inviter).data if booking.as_inviter else None
+
+
+class WalletEarningsSerializer(serializers.Serializer):
+    address = serializers.CharField()
+    provider = ProviderTotalsSerializer()
+    inviter = InviterTotalsSerializer()
+    count = serializers.IntegerField(help_text="bookings in `results`, over all pages")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = BookingEarningSerializer(many=True)
+
+
+class LedgerTotalsSerializer(serializers.Serializer):
+    platform = UsdcAmountSerializer()
+    inviter = UsdcAmountSerializer(help_text="paid to inviters")
+    provider = UsdcAmountSerializer(help_text="paid to providers with those fees")
+    bookings = serializers.IntegerField()
+
+
+class LedgerDaySerializer(LedgerTotalsSerializer):
+    day = serializers.DateField(help_text="UTC day the fee rows were recorded")
+
+
+class FeeLedgerSerializer(serializers.Serializer):
+    totals = LedgerTotalsSerializer()
+    count = serializers.IntegerField(help_text="days in `results`, over all pages")
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = LedgerDaySerializer(many=True)

@@ -24,8 +24,9 @@ from .authentication import is_staff_user, is_wallet
 from .cancellation import CUSTOMER, PROVIDER, CancellationTerms, cancellation_terms
 from .errors import BookingConflict, InvalidInput, NotPermitted
 from .fastpath import process_transaction
-from .models import Booking, BookingStatus, SignatureKind, SignatureNonce, StatusSource
+from .models import Booking, BookingStatus, BookingStatusChange, SignatureKind, SignatureNonce, StatusSource
 from .money import AmountError, check_fee_rates, parse_amount
+from .revert_reasons import RevertReason
 from .signing import SignedAuthorization, sign_cancellation_authorization, sign_payment_authorization
 from .state import record_creation, transition
 
@@ -262,16 +263,21 @@ def request_cancellation(
 
 
 # -- transactions the client reports ------------------------------------------------------
-SUBMISSION_STATUSES = ("pending", "reverted", "mined")
+SUBMISSION_STATUSES = ("unknown", "pending", "reverted", "mined")
 
 
 @dataclass(frozen=True)
 class TransactionSubmission:
-    status: str  # one of SUBMISSION_STATUSES: not mined yet, mined but reverted, mined
+    # unknown: the node has never seen it; pending: in its mempool, or mined below the
+    # confirmation depth; reverted: mined and reverted; mined: applied.
+    status: str
     tx_hash: str
     block_number: int | None = None
     events: tuple[str, ...] = ()
     booking_status: str | None = None  # the booking's status after the submission was handled
+    reason: dict | None = None  # reverted: the contract's error (escrow.revert_reasons.RevertReason.as_dict)
+    retry_after_seconds: int | None = None  # unknown/pending: when to ask again
+    hint: str = ""  # unknown/pending: what to do meanwhile, in a sentence
 
 
 def normalize_tx_hash(tx_hash) -> str:
@@ -280,12 +286,28 @@ def normalize_tx_hash(tx_hash) -> str:
     return tx_hash.lower()
 
 
+def polling_advice(status: str) -> tuple[int, str]:
+    """(seconds to wait before asking again, what to do) for a transaction not mined (`unknown`,
+    `pending`), or mined below the confirmation depth (`pending`)."""
+    wait = settings.TX_CLIENT_POLL_SECONDS
+    if status == "unknown":
+        return wait, (
+            f"The chain node has not seen this transaction. If it was just sent, ask again in {wait} s; "
+            f"if it is still unknown {settings.TX_CLIENT_RESUBMIT_AFTER_SECONDS} s after it was sent, it was "
+            "dropped or sent to another network: send it again."
+        )
+    return wait, f"Not mined (or not confirmed) yet: ask again in {wait} s."
+
+
 def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> TransactionSubmission:
     """A client reports the transaction it sent for `booking`, so we need not wait for the scanner.
 
-      1. fetches the receipt at once (escrow.fastpath); not mined yet → status "pending";
+      1. fetches the receipt at once (escrow.fastpath); not mined yet → status "pending" if the
+         node holds it in its mempool, "unknown" if it has never seen it (both with polling advice);
       2. refuses (InvalidInput on tx_hash) a transaction that neither called the escrow
-         contract nor emitted an escrow log; a reverted call → status "reverted", nothing recorded;
+         contract nor emitted an escrow log; a reverted call → status "reverted" with the
+         contract's decoded error, recorded on this booking's history (no status change) when
+         the call named this booking; one that named another booking is refused;
       3. refuses a mined transaction with no escrow event for this booking's id;
       4. stores the receipt's escrow events and applies them through the chain indexer's ingest,
          the same path as the scanner (idempotent with it), and answers with the booking's status after.
@@ -297,25 +319,55 @@ def submit_transaction(booking: Booking, tx_hash: str, actor: str = "") -> Trans
     tx_hash = normalize_tx_hash(tx_hash)
     outcome = process_transaction(tx_hash, actor=actor or "")
     if not outcome.mined:
-        return TransactionSubmission(status="pending", tx_hash=tx_hash, booking_status=booking.status)
+        state = "pending" if outcome.in_mempool else "unknown"
+        wait, hint = polling_advice(state)
+        return TransactionSubmission(
+            status=state, tx_hash=tx_hash, booking_status=booking.status, retry_after_seconds=wait, hint=hint
+        )
     if not outcome.touched_escrow:
         raise InvalidInput("tx_hash", "the transaction did not touch the escrow contract")
     if outcome.reverted:
+        reason = outcome.revert_reason or RevertReason(error=None)
+        if reason.chain_booking_id not in (None, booking.chain_booking_id):
+            raise InvalidInput("tx_hash", "the reverted transaction is a call for another booking")
+        if reason.chain_booking_id == booking.chain_booking_id:
+            booking = record_reverted_transaction(booking, tx_hash, reason, actor=actor)
         return TransactionSubmission(
-            status="reverted", tx_hash=tx_hash, block_number=outcome.block_number, booking_status=booking.status
+            status="reverted", tx_hash=tx_hash, block_number=outcome.block_number, booking_status=booking.status,
+            reason=reason.as_dict(),
         )
     events = tuple(e.event_name for e in outcome.events if e.chain_booking_id == booking.chain_booking_id)
     if not events:
         raise InvalidInput("tx_hash", "the transaction has no escrow event for this booking")
     booking.refresh_from_db()
     log.info("booking %s: %s reported tx %s (%s)", booking.uuid, actor or "someone", tx_hash, ", ".join(events))
+    if outcome.awaiting_confirmations:
+        wait, hint = polling_advice("pending")
+        return TransactionSubmission(
+            status="pending", tx_hash=tx_hash, block_number=outcome.block_number, events=events,
+            booking_status=booking.status, retry_after_seconds=wait, hint=hint,
+        )
     return TransactionSubmission(
-        status="pending" if outcome.awaiting_confirmations else "mined",
+        status="mined",
         tx_hash=tx_hash,
         block_number=outcome.block_number,
         events=events,
         booking_status=booking.status,
     )
+
+
+def record_reverted_transaction(booking: Booking, tx_hash: str, reason: RevertReason, *, actor: str = "") -> Booking:
+    """Put why `tx_hash` reverted on the booking's history: a BookingStatusChange whose status
+    stays what it is (a revert moves nothing), source chain, once per transaction."""
+    with transaction.atomic():
+        booking = Booking.objects.select_for_update().get(pk=booking.pk)
+        if not booking.status_changes.filter(tx_hash=tx_hash).exists():
+            BookingStatusChange.objects.create(
+                booking=booking, from_status=booking.status, to_status=booking.status, source=StatusSource.CHAIN,
+                actor=actor, tx_hash=tx_hash, note=f"transaction reverted: {reason.text}", moves_booking=False,
+            )
+            log.info("booking %s: tx %s reverted: %s", booking.uuid, tx_hash, reason.text)
+    return booking
 
 
 # -- housekeeping (for chain sync, reconciliation and beat) -------------------------------

@@ -180,6 +180,16 @@ class WalletWriteThrottle(_PerWalletThrottle):
         return settings.WALLET_WRITE_THROTTLE_RATE
 
 
+class TransactionLookupThrottle(_PerWalletThrottle):
+    """GET /api/transactions/{hash}/: settings.TRANSACTION_LOOKUP_THROTTLE_RATE per wallet (staff
+    per user). A lookup the database cannot answer asks the RPC node the scanner depends on."""
+
+    scope = "transaction_lookups"
+
+    def get_rate(self):
+        return settings.TRANSACTION_LOOKUP_THROTTLE_RATE
+
+
 class SignInThrottle(RedisSlidingWindowThrottle):
     """The anonymous sign-in endpoints, per client IP: settings.SIWE_THROTTLE_RATE."""
 

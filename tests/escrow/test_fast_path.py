@@ -249,17 +249,22 @@ def test_a_reverted_payment_is_reported_and_nothing_is_stored(chain_settings, ma
 
     assert response.status_code == 200, response.content
     assert (response.json()["status"], response.json()["booking_status"]) == ("reverted", "PENDING_PAYMENT")
+    assert response.json()["reason"]["error"] == "InvalidSignature"
     assert not ChainEvent.objects.exists()
 
 
-def test_an_unknown_or_unmined_hash_is_202_pending(chain_settings, make_booking, client):
+def test_a_hash_the_node_never_saw_is_202_unknown_with_polling_advice(chain_settings, make_booking, client):
     booking = make_booking()
     response = submit(client, booking, "0x" + "cd" * 32)
     assert response.status_code == 202, response.content
-    assert response.json() == {
-        "status": "pending", "tx_hash": "0x" + "cd" * 32, "block_number": None, "events": [],
-        "booking_status": "PENDING_PAYMENT",
+    assert response["Retry-After"] == "3"
+    body = response.json()
+    hint = body.pop("hint")
+    assert body == {
+        "status": "unknown", "tx_hash": "0x" + "cd" * 32, "block_number": None, "events": [],
+        "booking_status": "PENDING_PAYMENT", "reason": None, "retry_after_seconds": 3,
     }
+    assert "send it again" in hint
 
 
 def test_a_mined_payment_below_the_confirmation_depth_is_left_to_the_scanner(
