@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 
 from chain_events.cursor import held_block_hash, indexed_contract
-from chain_events.decoding import DecodedLog, decode_logs
+from chain_events.decoding import BOOKING_EVENT_TOPICS, DecodedLog, decode_logs
 from chain_events.ingest import apply_receipt_logs
 from chain_events.rpc import RpcClient, RpcInconsistentAnswer, get_receipt, get_rpc_client, parse_header
 
@@ -117,8 +117,24 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         # path and the scanner disagree about what counts as settled.
         outcome.awaiting_confirmations = True
         return outcome
+    outcome.events = with_same_block_logs(client, contract, receipt["blockHash"].lower(), outcome.events)
     store_and_apply(outcome, actor=actor)
     return outcome
+
+
+def with_same_block_logs(
+    client: RpcClient, contract: str, block_hash: str, events: list[DecodedLog]
+) -> list[DecodedLog]:
+    """The receipt's events plus the other events of its bookings in the same block (e.g. the
+    payment mined just before the cancellation reported here), in chain order: folding the
+    receipt's alone would take the booking through "cancellation without a known payment"."""
+    ids = sorted({event.chain_booking_id for event in events})
+    raw = client.call("eth_getLogs", [{"address": contract, "blockHash": block_hash,
+                                       "topics": [BOOKING_EVENT_TOPICS, ids]}])
+    merged = {(e.tx_hash, e.log_index): e for e in decode_logs(raw or [], contract_address=contract)
+              if e.chain_booking_id in ids and e.block_hash == block_hash}
+    merged.update({(e.tx_hash, e.log_index): e for e in events})
+    return sorted(merged.values(), key=lambda e: e.position)
 
 
 def require_canonical_block(client: RpcClient, tx_hash: str, number: int, receipt_block: str) -> int | None:

@@ -1,10 +1,11 @@
-"""A payment and its cancellation mined in one block, the cancellation reported through the fast
-path before the scanner stored the payment (issue 17, defect 4), on a real anvil.
+"""A cancellation reported through the fast path before the scanner stored its payment (issue 17,
+defect 4), on a real anvil.
 
-The fast path stores the cancellation's receipt alone and folds "cancellation without a known
-payment" (a CHAIN_ANOMALY item). Once the scanner stores the payment, the fold is the normal
-PAID → CANCELLED: the item is withdrawn by the chain sync, needs_attention follows, and the trail
-shows the payment.
+Mined in one block, the fast path fetches the payment's log of that block too and folds the normal
+PENDING_PAYMENT → PAID → CANCELLED. Mined in an earlier block the scanner has not reached, the fast
+path folds "cancellation without a known payment" (a CHAIN_ANOMALY item); once the scanner stores
+the payment the item is withdrawn by the chain sync, needs_attention follows, and the trail shows
+the payment as a history line that moves nothing (clients are not told of it).
 """
 from __future__ import annotations
 
@@ -42,21 +43,41 @@ def mine_in_one_block(chain, *functions_and_senders) -> list[str]:
     return [h.to_0x_hex() for h in hashes]
 
 
-def test_the_scanner_storing_the_payment_withdraws_the_fast_paths_anomaly_and_shows_the_payment(chain_settings):
-    customer = chain_settings.accounts.customers[2]
+def _booking_and_calls(chain, label: str):
+    customer = chain.accounts.customers[2]
     booking = create_booking(
-        customer=customer.address, provider=wallet("same-block-provider").address, amount="42.00",
-        scheduled_at=timezone.now() + timedelta(days=2), description="same block",
+        customer=customer.address, provider=wallet(f"{label}-provider").address, amount="42.00",
+        scheduled_at=timezone.now() + timedelta(days=2), description=label,
     )
     auth = sign_payment_authorization(booking)
-    escrow = chain_settings.escrow_contract.functions
+    escrow = chain.escrow_contract.functions
     signature = bytes.fromhex(auth.signature.removeprefix("0x"))
     booking_id = bytes.fromhex(booking.chain_booking_id.removeprefix("0x"))
-    pay_hash, cancel_hash = mine_in_one_block(
-        chain_settings,
-        (escrow.createAndPayBooking(booking_auth_tuple(auth.message), signature), customer.address),
-        (escrow.emergencyCancelBooking(booking_id, "same block"), chain_settings.accounts.operator.address),
-    )
+    pay = (escrow.createAndPayBooking(booking_auth_tuple(auth.message), signature), customer.address)
+    cancel = (escrow.emergencyCancelBooking(booking_id, label), chain.accounts.operator.address)
+    return booking, pay, cancel
+
+
+def test_the_fast_path_folds_the_payment_mined_in_the_same_block_before_the_cancellation(chain_settings):
+    booking, pay, cancel = _booking_and_calls(chain_settings, "same-block")
+    pay_hash, cancel_hash = mine_in_one_block(chain_settings, pay, cancel)
+    chain_settings.mine(settings.CHAIN_CONFIRMATIONS)
+
+    outcome = fastpath.process_transaction(cancel_hash)
+
+    assert outcome.inserted == 2
+    booking.refresh_from_db()
+    assert booking.status == S.CANCELLED and not booking.needs_attention and not booking.attention_items.exists()
+    assert list(booking.status_changes.values_list("from_status", "to_status", "tx_hash")) == [
+        ("", S.PENDING_PAYMENT, ""), (S.PENDING_PAYMENT, S.PAID, pay_hash), (S.PAID, S.CANCELLED, cancel_hash)]
+    assert not scanner.scan_chain().errors
+    assert booking.status_changes.count() == 3
+
+
+def test_the_scanner_storing_the_payment_withdraws_the_fast_paths_anomaly_and_shows_the_payment(chain_settings):
+    booking, (pay_fn, payer), (cancel_fn, canceller) = _booking_and_calls(chain_settings, "earlier-block")
+    pay_hash = pay_fn.transact({"from": payer}).to_0x_hex()
+    cancel_hash = cancel_fn.transact({"from": canceller}).to_0x_hex()
     chain_settings.mine(settings.CHAIN_CONFIRMATIONS)
 
     outcome = fastpath.process_transaction(cancel_hash)
@@ -74,7 +95,7 @@ def test_the_scanner_storing_the_payment_withdraws_the_fast_paths_anomaly_and_sh
     assert booking.payment_tx_hash == pay_hash and booking.cancellation_tx_hash == cancel_hash
     assert "anomalies" not in booking.chain_data
     item.refresh_from_db()
-    block = chain_settings.w3.eth.get_transaction_receipt(pay_hash)["blockNumber"]
+    block = chain_settings.w3.eth.get_transaction_receipt(cancel_hash)["blockNumber"]
     assert (item.is_open, item.acknowledged_by, item.acknowledged_why) == (
         False, CHAIN_SYNC, f"no longer raised by the chain events at block {block}")
     trail = list(booking.status_changes.values_list("from_status", "to_status", "tx_hash"))
