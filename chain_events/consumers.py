@@ -6,10 +6,11 @@ contract's booking id (`chain_booking_id`), and the consumer keeps its own rows 
 app registers it once (`register_consumer`, from its `AppConfig.ready()`); the indexer asks
 for it (`get_consumer`) whenever it applies events, always inside its own transaction.
 
-The lock order every writer keeps: the consumer's rows of a key first (`EventConsumer.lock`,
-`EventConsumer.hold`), that key's event rows after. A writer that updated event rows first
-and locked the consumer's rows after would wait on one that holds the rows and then writes
-the events: PostgreSQL aborts one of the two.
+The lock order every writer keeps (chain_events.ingest, "THE LOCK ORDER"): new event rows are
+inserted first, before any lock; then the consumer's rows of a key (`EventConsumer.lock`,
+`EventConsumer.hold`); writes to that key's stored event rows after. A writer that updated event
+rows first and locked the consumer's rows after would wait on one that holds the rows and then
+writes the events: PostgreSQL aborts one of the two.
 """
 from __future__ import annotations
 
