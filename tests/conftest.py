@@ -6,6 +6,7 @@ import pytest
 
 from contracts.anvil import AnvilProcess
 from tests.chain_harness import ChainHarness
+from tests.system import start_bin_run, stop_bin_run
 
 
 @pytest.fixture(scope="session")
@@ -42,3 +43,14 @@ def _clean_cache():
 
     cache.clear()
     yield
+
+
+@pytest.fixture(scope="session")
+def bin_run(tmp_path_factory):
+    """The whole system as `bin/run` starts it, once per session (it takes a minute to come up):
+    the run command's own test and the reference client's share it. Each waits for what it needs."""
+    system = start_bin_run(tmp_path_factory.mktemp("bin_run"))
+    try:
+        yield system
+    finally:
+        stop_bin_run(system)
