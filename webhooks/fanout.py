@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db import transaction
 
 from notifications.models import Notification
@@ -18,6 +19,12 @@ from notifications.models import Notification
 from .models import FanOutCursor, WebhookDelivery, WebhookEndpoint
 
 BATCH_SIZE = 1000
+# Set while a fan-out task waits in the queue: it will fan out everything published before it
+# starts, so a burst of relay batches queues one task, not one each (each would hold a worker
+# thread waiting on the cursor's lock). A flag in the cache, not a lock: if it outlives its task
+# (lost, purged), publishes queue nothing until it expires, and the beat's sweep fans out meanwhile.
+QUEUED_FLAG = "webhooks:fan-out-queued"
+QUEUED_FLAG_SECONDS = 10
 
 
 @dataclass
@@ -27,6 +34,17 @@ class FanOutResult:
     last_seq: int = 0
     # (endpoint id, booking id) of the deliveries created: their oldest PENDING one is sent next.
     pairs: set[tuple[int, int]] = field(default_factory=set)
+    delivery_ids: set[int] = field(default_factory=set)
+
+
+def mark_queued() -> bool:
+    """True when no fan-out was waiting in the queue: the caller queues one now."""
+    return cache.add(QUEUED_FLAG, True, QUEUED_FLAG_SECONDS)
+
+
+def unmark_queued() -> None:
+    """A fan-out starts (or was not queued after all): the next publish queues another."""
+    cache.delete(QUEUED_FLAG)
 
 
 def fan_out(*, batch_size: int = BATCH_SIZE) -> FanOutResult:
@@ -67,4 +85,5 @@ def _fan_out_batch(batch_size: int, result: FanOutResult) -> int:
     result.deliveries += len(deliveries)
     result.last_seq = cursor.last_seq
     result.pairs.update((d.endpoint_id, d.booking_id) for d in deliveries)
+    result.delivery_ids.update(d.pk for d in deliveries)
     return len(notifications)
