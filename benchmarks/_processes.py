@@ -20,17 +20,19 @@ BIN = Path(sys.executable).parent
 SENDING_KEYS = ("OPERATOR_PRIVATE_KEY", "CONTRACT_OWNER_PRIVATE_KEY")
 
 
+def without_sending_keys(env: dict) -> dict:
+    """`env` for a process that sends no transaction (web, ASGI, relay, beat), as the Procfile gives it."""
+    return {key: value for key, value in env.items() if key not in SENDING_KEYS} | {"PYTHONUNBUFFERED": "1"}
+
+
 def role_environment(env: dict, role: str) -> dict:
-    """`env` for a process of `role`, as the Procfile gives it: sending keys for the worker only."""
-    result = {**env, "BOOKME_PROCESS_ROLE": role, "PYTHONUNBUFFERED": "1"}
-    if role != "worker":
-        for key in SENDING_KEYS:
-            result.pop(key, None)
-    return result
+    """`env` for a process of BOOKME_PROCESS_ROLE `role` (web, worker, beat): sending keys for the worker only."""
+    base = {**env, "PYTHONUNBUFFERED": "1"} if role == "worker" else without_sending_keys(env)
+    return {**base, "BOOKME_PROCESS_ROLE": role}
 
 
-def worker_command(node_name: str, concurrency: int = 2) -> list[str]:
-    return [str(BIN / "celery"), "-A", "bookme", "worker", "--loglevel=INFO", f"--concurrency={concurrency}",
+def worker_command(node_name: str, concurrency: int = 2, loglevel: str = "INFO") -> list[str]:
+    return [str(BIN / "celery"), "-A", "bookme", "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
             "-n", f"{node_name}@%h", "--without-gossip", "--without-mingle"]
 
 
@@ -41,6 +43,15 @@ def beat_command() -> list[str]:
 def web_command(port: int, workers: int = 2) -> list[str]:
     return [str(BIN / "gunicorn"), "bookme.wsgi:application", "--bind", f"127.0.0.1:{port}",
             "--workers", str(workers), "--timeout", "30"]
+
+
+def asgi_command(port: int) -> list[str]:
+    return [str(BIN / "uvicorn"), "bookme.asgi:application", "--host", "127.0.0.1", "--port", str(port),
+            "--ws-max-size", "65536", "--no-access-log", "--lifespan", "off"]
+
+
+def relay_command() -> list[str]:
+    return [str(BIN / "python"), "manage.py", "relay_notifications"]
 
 
 class ProcessGroup:

@@ -567,18 +567,24 @@ CELERY_BEAT_SCHEDULE["sweep-webhooks"] = {
 # --- Live notifications: outbox relay and WebSocket stream (issue 16) -------------------------
 # Owned by notifications. See notifications/relay.py and notifications/consumers.py.
 ASGI_APPLICATION = "bookme.asgi.application"
-# Channel layer of the stream (Redis): messages per socket channel before the layer drops (the
-# socket then gets them from the outbox at its next heartbeat), and seconds one may wait unread.
+# Channel layer of the stream: Redis pub/sub (channels-redis's RedisPubSubChannelLayer). The relay
+# PUBLISHes each notification once per group; each ASGI process holds one subscription and gets
+# messages pushed. The list layer (RedisChannelLayer) pops one message per four round trips per
+# process and fell seconds behind at 1,000 sockets and 200 frames/s (docs/results.md). Pub/sub
+# delivers at most once: what is published while a process's subscription is down is lost, and
+# its sockets get it from the outbox at their next heartbeat, as anything else the layer loses.
+# Pub/sub channels are global to the Redis server, not per database: the default prefix names the
+# database so two deployments (or test runs) on one server never hear each other.
+_STREAM_REDIS_DB = re.fullmatch(r"[^?]*?/(\d+)(\?.*)?", REDIS_URL)
+_STREAM_LAYER_PREFIX = f"bookme-asgi-db{_STREAM_REDIS_DB[1] if _STREAM_REDIS_DB else 0}"
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
         "CONFIG": {
-            # No client read timeout: redis-py 8 defaults to 5 s, which the layer's 5 s blocking
-            # BZPOPMIN runs into, killing idle sockets (django/channels_redis#422, redis/redis-py#4091).
+            # No client read timeout (redis-py 8 defaults to 5 s; django/channels_redis#422): the
+            # subscription stays idle for as long as nothing changes.
             "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
-            "prefix": cfg.str("CHANNEL_LAYER_PREFIX", "bookme-asgi"),
-            "capacity": cfg.int("STREAM_CHANNEL_CAPACITY", 1000, minimum=10),
-            "expiry": 60,
+            "prefix": cfg.str("CHANNEL_LAYER_PREFIX", _STREAM_LAYER_PREFIX),
         },
     }
 }

@@ -97,7 +97,8 @@ class Relay:
         return len(batch)
 
     async def _push(self, batch: list[Notification]) -> None:
-        # One at a time, in seq order: each socket's channel receives them in that order.
+        # One at a time, in seq order: each socket's channel receives them in that order. With the
+        # pub/sub layer a group_send is one PUBLISH.
         for notification in batch:
             message = outbox.layer_message(notification)
             for group in outbox.groups_of(notification):

@@ -39,7 +39,8 @@ def _database_url() -> str:
 
 
 class StreamServers:
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, *, only: tuple[str, ...] = ("asgi", "relay"), extra_env: dict | None = None,
+                 application_name: str = CHILD_APPLICATION_NAME):
         self.port = _free_port()
         self.url = f"ws://127.0.0.1:{self.port}/ws/bookings/"
         self.log_dir = log_dir
@@ -51,14 +52,17 @@ class StreamServers:
             "STREAM_HEARTBEAT_SECONDS": str(HEARTBEAT_SECONDS),
             "STREAM_AUTH_TIMEOUT_SECONDS": str(AUTH_TIMEOUT_SECONDS),
             "PYTHONUNBUFFERED": "1",
-            "PGAPPNAME": CHILD_APPLICATION_NAME,  # libpq names the children's database sessions
+            "PGAPPNAME": application_name,  # libpq names the children's database sessions
+            **(extra_env or {}),
         })
+        self.application_name = application_name
         env.pop("OPERATOR_PRIVATE_KEY", None)  # the web role refuses it, as the Procfile does
         self.commands = {
             "asgi": [PYTHON, "-m", "uvicorn", "bookme.asgi:application", "--host", "127.0.0.1",
                      "--port", str(self.port), "--log-level", "warning"],
             "relay": [PYTHON, "manage.py", "relay_notifications"],
         }
+        self.commands = {name: command for name, command in self.commands.items() if name in only}
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -104,8 +108,7 @@ class StreamServers:
         self._wait_for_database_sessions_to_end()
         return codes
 
-    @staticmethod
-    def _wait_for_database_sessions_to_end(timeout: float = 5.0) -> None:
+    def _wait_for_database_sessions_to_end(self, timeout: float = 5.0) -> None:
         """The children's backends outlive them by a moment; the test database is dropped after this."""
         deadline = time.monotonic() + timeout
         with connection.cursor() as cursor:
@@ -113,7 +116,7 @@ class StreamServers:
                 cursor.execute(
                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                     " AND application_name = %s",
-                    [CHILD_APPLICATION_NAME],
+                    [self.application_name],
                 )
                 if cursor.fetchone()[0] == 0:
                     return

@@ -2,12 +2,14 @@
 the channel layer, PostgreSQL committed by this test (transactional_db), anvil for the reorg."""
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from datetime import timedelta
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -20,7 +22,7 @@ from notifications.models import Notification
 from notifications.outbox import visible_to
 from tests.escrow.helpers import bind_to_inviter, wallet
 
-from .conftest import HEARTBEAT_SECONDS
+from .conftest import HEARTBEAT_SECONDS, StreamClient, StreamServers
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -236,3 +238,57 @@ def test_a_reorg_that_drops_the_payment_streams_the_move_back_then_the_new_state
     assert events[0]["tx_hash"] == first_payment and events[2]["tx_hash"] == second_payment
     assert events[1]["kind"] == "booking.pending_payment"
     assert events[0]["seq"] < events[1]["seq"] < events[2]["seq"]
+
+
+def _events_then_heartbeat(client, count: int, timeout: float) -> list[dict]:
+    """`count` events, each sent by a heartbeat's outbox read: the frame right after it is that
+    heartbeat, covering it (a live frame would come at once, not glued to a heartbeat)."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while len(events) < count:
+        frame = client.recv(max(0.01, deadline - time.monotonic()))
+        if frame["type"] == "heartbeat":
+            continue
+        assert frame["type"] == "event", frame
+        after = client.recv(max(0.01, deadline - time.monotonic()))
+        assert after["type"] == "heartbeat" and after["latest_seq"] >= frame["seq"], (frame, after)
+        events.append(frame)
+    return events
+
+
+def test_live_frames_the_layer_never_delivers_arrive_at_the_next_heartbeats(stream_servers, tmp_path):
+    """A second ASGI process on another layer prefix hears nothing the relay publishes (a layer that
+    loses every live frame for it): each change still reaches its socket at the next heartbeat,
+    once, in order; a heartbeat round that fails (the process's database sessions terminated) is
+    logged, and the heartbeats after it go on and bring what it could not."""
+    me = wallet("stream-deaf").address
+    booking = _booking(me, wallet("stream-deaf-provider").address)
+    _wait_until_all_numbered()
+    deaf = StreamServers(tmp_path, only=("asgi",), extra_env={"CHANNEL_LAYER_PREFIX": "bookme-stream-test-deaf"},
+                         application_name="bookme-stream-test-deaf")
+    deaf.start()
+    try:
+        client = StreamClient(deaf.url, headers=_bearer(me))
+        client.next("ready")
+        client.send({"type": "subscribe", "since": None})
+        events, changes = [], []
+        for _ in range(2):  # one change at a time: each comes with a heartbeat of its own
+            changes.append(_toggle(booking))
+            _wait_until_all_numbered()
+            events += _events_then_heartbeat(client, 1, HEARTBEAT_SECONDS + 3)
+
+        with connection.cursor() as cursor:  # the next heartbeat's reads fail
+            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+                           [deaf.application_name])
+        changes.append(_toggle(booking))
+        _wait_until_all_numbered()
+        events += _events_then_heartbeat(client, 1, 2 * HEARTBEAT_SECONDS + 3)
+        assert [e["to_status"] for e in events] == changes
+        assert [e["seq"] for e in events] == sorted({e["seq"] for e in events})  # in order, once
+        client.quiet_until_heartbeat(HEARTBEAT_SECONDS + 3)  # and on they go, with nothing more
+        client.close()
+    finally:
+        codes = deaf.stop()
+    logs = deaf.logs()
+    assert codes == {"asgi": -signal.SIGTERM}, logs
+    assert "stream: heartbeat of" in logs and "Traceback" not in logs, logs
