@@ -24,7 +24,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from eth_utils import keccak, to_checksum_address
 
-from chain_events.rpc import RpcClient, RpcError, get_rpc_client
+from chain_events.rpc import RpcClient, RpcError, RpcInconsistentAnswer, get_rpc_client
 from escrow.signing import signer_address
 from reconciliation.transactions import operator_account
 
@@ -54,13 +54,25 @@ def _address_of(answer) -> str | None:
     return to_checksum_address("0x" + answer[-40:])
 
 
+def _well_formed_identity(answers: list) -> None:
+    """A node answering nonsense (a broken load balancer: "0xdeadbeef" to everything) is a faulty
+    endpoint to fail over from, not a node of another chain: a view call answers one ABI word, or
+    "0x" where no contract is (that one a real misconfiguration, reported by identity_problems)."""
+    int(answers[0], 16)
+    for answer in answers[1:]:
+        if not (answer == "0x" or (isinstance(answer, str) and len(answer) == 66 and int(answer, 16) >= 0)):
+            raise RpcInconsistentAnswer(f"a view call answered {str(answer)[:80]!r}")
+
+
 def identity_problems(client: RpcClient | None = None) -> list[str]:
     """What differs between the settings and the chain (empty: nothing). One batched RPC round
     trip; chain_events.rpc.RpcError when the node cannot be asked."""
     roles = [("signer", "SIGNER_PRIVATE_KEY", signer_address())]
     if settings.OPERATOR_PRIVATE_KEY is not None:
         roles.append(("operator", "OPERATOR_PRIVATE_KEY", operator_account().address))
-    answers = (client or get_rpc_client()).batch([("eth_chainId", []), *(_view_call(role) for role, _, _ in roles)])
+    answers = (client or get_rpc_client()).batch(
+        [("eth_chainId", []), *(_view_call(role) for role, _, _ in roles)], validate=_well_formed_identity
+    )
     node_chain_id = int(answers[0], 16)
     if node_chain_id != settings.CHAIN_ID:
         # The contract's answers would come from another chain: nothing else to compare.

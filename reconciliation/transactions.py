@@ -44,6 +44,7 @@ from fractions import Fraction
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
+from django.db.models import Q
 from django.utils import timezone
 from eth_account import Account
 from eth_utils import keccak
@@ -120,6 +121,10 @@ def _percent_up(value: int, percent: float) -> int:
     return math.ceil(Fraction(value) * (100 + Fraction(str(percent))) / 100)
 
 
+def _fee_history_call() -> tuple[str, list]:
+    return ("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]])
+
+
 def market_fees(fee_history: dict) -> tuple[int, int]:
     """(maxFeePerGas, maxPriorityFeePerGas) from an eth_feeHistory answer (rewardPercentiles [50])."""
     base_fees = [int(v, 16) for v in fee_history["baseFeePerGas"]]
@@ -144,12 +149,21 @@ def _revert_message(error: RpcResponseError) -> str:
 
 def _quote(client: RpcClient, sender: str, to: str, data: str) -> tuple[int, int, int]:
     """(gas limit, maxFeePerGas, maxPriorityFeePerGas) in one round trip; TransactionRejected on revert."""
+    def validate(results):
+        # Nonsense from a node (a string where the fee history belongs) fails over to the next
+        # endpoint instead of crashing the settle pass (found by the chaos run).
+        if not isinstance(results[0], RpcResponseError):
+            int(results[0], 16)
+        if not isinstance(results[1], RpcResponseError):
+            market_fees(results[1])
+
     estimate, history = client.batch(
         [
             ("eth_estimateGas", [{"from": sender, "to": to, "data": data}]),
-            ("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]]),
+            _fee_history_call(),
         ],
         allow_errors=True,
+        validate=validate,
     )
     if isinstance(estimate, RpcResponseError):
         raise TransactionRejected(f"the call would fail: {_revert_message(estimate)}")
@@ -497,9 +511,24 @@ def _reorg_floor(client: RpcClient) -> int:
     return floor if tip.finalized is None else min(floor, tip.finalized.number)
 
 
+def _impossibly_mined(client: RpcClient, on_chain) -> Q:
+    """Rows on chain at a nonce the account's mined count has not reached: their block left the
+    chain, however old it was when we last looked (the settle job did not run while its block was
+    inside the reorg window, e.g. worker and beat down: found by the chaos run). Checked whatever
+    their height, or every later send would queue behind the hole for good."""
+    addresses = set(on_chain.order_by().values_list("from_address", flat=True).distinct())
+    if not addresses:
+        return Q(pk__in=[])
+    impossible = Q(pk__in=[])
+    for address, mined in _mined_counts(client, addresses).items():
+        impossible |= Q(from_address=address, nonce__gte=mined)
+    return impossible
+
+
 def recheck_mined_transactions(*, client: RpcClient | None = None) -> dict[str, int]:
-    """Mined (or reverted) transactions whose block is above the reorg floor are checked against
-    the chain: one round trip for all their receipts and the canonical blocks at their heights.
+    """Mined (or reverted) transactions whose block is above the reorg floor, or whose nonce the
+    account's mined count has not reached (`_impossibly_mined`), are checked against the chain:
+    one round trip for all their receipts and the canonical blocks at their heights.
 
     A receipt found (in the same or another block) is recorded again. None found while the
     node has a block at that height other than ours: the block left the chain, and the
@@ -516,10 +545,10 @@ def recheck_mined_transactions(*, client: RpcClient | None = None) -> dict[str, 
     """
     client = client or get_rpc_client()
     counts = {"checked": 0, "moved": 0, "reopened": 0, "resent": 0, "failed": 0, "undecided": 0}
+    on_chain = SentTransaction.objects.filter(chain_id=settings.CHAIN_ID, status__in=_ON_CHAIN)
     recent = list(
-        SentTransaction.objects.filter(
-            chain_id=settings.CHAIN_ID, status__in=_ON_CHAIN, block_number__gt=_reorg_floor(client)
-        ).order_by("from_address", "nonce")
+        on_chain.filter(Q(block_number__gt=_reorg_floor(client)) | _impossibly_mined(client, on_chain))
+        .order_by("from_address", "nonce")
     )
     for start in range(0, len(recent), _RECHECK_PER_BATCH):
         chunk = recent[start:start + _RECHECK_PER_BATCH]
@@ -693,7 +722,7 @@ def _replace(client: RpcClient, account, record: SentTransaction) -> None:
     broadcast. A row settle gave an outcome meanwhile is not broadcast again (TransactionError).
     """
     bump = max(settings.TX_FEE_BUMP_PERCENT, MIN_REPLACEMENT_BUMP_PERCENT)
-    history = client.call("eth_feeHistory", [hex(settings.TX_FEE_HISTORY_BLOCKS), "latest", [50]])
+    history = client.batch([_fee_history_call()], validate=lambda results: market_fees(results[0]))[0]
     market_max, market_priority = market_fees(history)
     priority = max(_percent_up(record.max_priority_fee_per_gas, bump), market_priority)
     max_fee = max(_percent_up(record.max_fee_per_gas, bump), market_max, priority)

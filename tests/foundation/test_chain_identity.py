@@ -103,3 +103,15 @@ def test_the_worker_refuses_to_start_with_an_operator_key_the_contract_does_not_
     assert result.returncode != 0, result.stdout[-2000:]
     assert (f"OPERATOR_PRIVATE_KEY is the key of {OTHER_ADDRESS} but the contract's operator() is "
             f"{chain_settings.accounts.operator.address}") in result.stderr, result.stderr[-3000:]
+
+
+def test_a_primary_answering_nonsense_is_failed_over_not_taken_for_another_chain(chain_settings, settings):
+    """A worker (re)started while its primary answers "0xdeadbeef" to everything starts on the
+    healthy fallback instead of refusing to run (found by the chaos run)."""
+    from tests.rpc_proxy import RpcProxy
+
+    with RpcProxy(chain_settings.url, mode="garbage") as primary:
+        settings.CHAIN_RPC_URLS = [primary.url, chain_settings.url]
+        assert identity_problems() == []
+        check_identity_at_start()  # no refusal
+        assert "eth_chainId" in primary.seen  # it was asked first, and its answer refused
