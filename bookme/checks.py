@@ -57,8 +57,8 @@ def _address_of(answer) -> str | None:
 def _well_formed_identity(answers: list) -> None:
     """A node answering nonsense (a broken load balancer: "0xdeadbeef" to everything) is a faulty
     endpoint to fail over from, not a node of another chain: a view call answers one ABI word, or
-    "0x" where no contract is (that one a real misconfiguration, reported by identity_problems)."""
-    int(answers[0], 16)
+    "0x" where no contract is (that one a real misconfiguration, reported by identity_problems).
+    The chain id's shape is checked with every answer (chain_events.answers)."""
     for answer in answers[1:]:
         if not (answer == "0x" or (isinstance(answer, str) and len(answer) == 66 and int(answer, 16) >= 0)):
             raise RpcInconsistentAnswer(f"a view call answered {str(answer)[:80]!r}")

@@ -15,8 +15,8 @@ from django.db import transaction
 from common.db import server_binding_cursor
 from common.singleflight import single_flight
 
+from .answers import BlockHeader
 from .models import BlockHash, SyncCursor
-from .rpc import BlockHeader
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from . import metrics
+from .answers import BlockHeader
 from .cursor import IndexedContract
 from .ingest import remove_events_above
 from .models import BlockHash, SyncCursor
 from .reports import ScanReport
-from .rpc import BlockHeader, get_headers
+from .rpc import get_headers
 
 log = logging.getLogger(__name__)
 

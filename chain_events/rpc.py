@@ -21,6 +21,8 @@ from urllib.parse import urlsplit
 import requests
 from prometheus_client import Counter
 
+from .answers import BlockHeader, check_answer, parse_header
+
 log = logging.getLogger(__name__)
 
 RPC_ERRORS = Counter("bookme_rpc_errors_total", "RPC calls that failed, by endpoint and kind", ["endpoint", "kind"])
@@ -192,10 +194,12 @@ class RpcClient:
         With allow_errors, a call's JSON-RPC error is returned in its place as an
         RpcResponseError instead of raised, so one bad call does not spoil the rest.
 
-        `validate(results)` may raise `RpcInconsistentAnswer` (or ValueError/TypeError/KeyError
-        from parsing): the answer is well-formed JSON-RPC but wrong (garbage values, a block
-        hash that disagrees with what we hold, a lagging node). That endpoint is then treated
-        like a failed one and the next endpoint is asked.
+        Every result is checked for its method's shape (`answers.check_answer`: a receipt for
+        the hash asked, a block of the number asked, quantities that are quantities), then the
+        caller's `validate(results)` checks what needs its context and may raise
+        `RpcInconsistentAnswer` (or ValueError/TypeError/KeyError from parsing): a block hash
+        that disagrees with what we hold, a lagging node. A result failing either is well-formed
+        JSON-RPC but wrong: that endpoint is treated like a failed one and the next is asked.
 
         `optional` holds indexes of calls whose error is an acceptable answer (e.g. the
         `finalized` tag on a node that lacks it) and never a reason to fail over.
@@ -232,17 +236,20 @@ class RpcClient:
                         if isinstance(r, RpcResponseError):
                             self._mark_ok(endpoint)
                             raise r
-                if validate is not None:
-                    try:
+                try:
+                    for (method, params), result in zip(calls, results, strict=True):
+                        if not isinstance(result, RpcResponseError):
+                            check_answer(method, params, result)
+                    if validate is not None:
                         validate(results)
-                    except (RpcInconsistentAnswer, ValueError, TypeError, KeyError, AttributeError) as exc:
-                        bad = exc if isinstance(exc, RpcInconsistentAnswer) else RpcInconsistentAnswer(
-                            f"unusable answer: {type(exc).__name__}: {exc}", endpoint=endpoint.label
-                        )
-                        bad.endpoint = endpoint.label
-                        self._mark_failed(endpoint, bad, "inconsistent")
-                        last_exc = bad
-                        continue
+                except (RpcInconsistentAnswer, ValueError, TypeError, KeyError, AttributeError) as exc:
+                    bad = exc if isinstance(exc, RpcInconsistentAnswer) else RpcInconsistentAnswer(
+                        f"unusable answer: {type(exc).__name__}: {exc}", endpoint=endpoint.label
+                    )
+                    bad.endpoint = endpoint.label
+                    self._mark_failed(endpoint, bad, "inconsistent")
+                    last_exc = bad
+                    continue
                 self._mark_ok(endpoint)
                 if answered_by is not None:
                     answered_by.append(endpoint.label)
@@ -387,39 +394,8 @@ def get_rpc_client() -> RpcClient:
 
 
 # -- chain reading helpers used by the scanner and the fast path ---------------------------
-# Plain functions over an RpcClient: every answer is checked for shape before it is trusted
-# (a garbage answer fails over to the next endpoint inside `RpcClient.batch`).
-
-_HASH_LEN = 66
-
-
-@dataclass(frozen=True)
-class BlockHeader:
-    number: int
-    hash: str
-    parent_hash: str
-    timestamp: int
-
-
-def parse_header(raw) -> BlockHeader:
-    """A block object from eth_getBlockByNumber/Hash → BlockHeader; ValueError if malformed."""
-    if not isinstance(raw, dict):
-        raise ValueError("block is not an object")
-    header = BlockHeader(
-        number=int(raw["number"], 16),
-        hash=_hash(raw["hash"]),
-        parent_hash=_hash(raw["parentHash"]),
-        timestamp=int(raw["timestamp"], 16),
-    )
-    return header
-
-
-def _hash(value) -> str:
-    if not isinstance(value, str) or len(value) != _HASH_LEN or not value.startswith("0x"):
-        raise ValueError(f"not a 32-byte hash: {value!r:.80}")
-    int(value, 16)
-    return value.lower()
-
+# Plain functions over an RpcClient: every answer was checked for its method's shape in
+# `RpcClient.batch`; what they check is what needs their context.
 
 @dataclass(frozen=True)
 class ChainTip:
@@ -456,8 +432,6 @@ def get_chain_tip(client: RpcClient, cursor_block: int | None) -> ChainTip:
             if isinstance(results[2], RpcResponseError) or results[2] is None:
                 raise RpcInconsistentAnswer(f"node has no block {cursor_block} below its head: {results[2]}")
             at_cursor = parse_header(results[2])
-            if at_cursor.number != cursor_block:
-                raise RpcInconsistentAnswer("header for the wrong block number")
         parsed["tip"] = ChainTip(latest=latest, finalized=finalized, at_cursor=at_cursor)
 
     # allow_errors: a node without the `finalized` tag answers that call with an error.
@@ -476,10 +450,7 @@ def get_headers(client: RpcClient, numbers: list[int]) -> dict[int, BlockHeader]
         for number, raw in zip(numbers, results, strict=False):
             if raw is None:
                 raise RpcInconsistentAnswer(f"node has no block {number}")
-            header = parse_header(raw)
-            if header.number != number:
-                raise RpcInconsistentAnswer("header for the wrong block number")
-            parsed[number] = header
+            parsed[number] = parse_header(raw)
 
     client.batch([("eth_getBlockByNumber", [hex(n), False]) for n in numbers], validate=validate)
     return parsed
@@ -545,13 +516,9 @@ def get_logs_checked(
         if raw_header is None or isinstance(raw_header, RpcResponseError):
             raise RpcInconsistentAnswer(f"node has no block {to_block}")
         header = parse_header(raw_header)
-        if header.number != to_block:
-            raise RpcInconsistentAnswer("header for the wrong block number")
         held = held_hashes.get(to_block)
         if held is not None and held != header.hash:
             raise RpcInconsistentAnswer(f"block {to_block} hash differs from the header we hold")
-        if not isinstance(logs, list):
-            raise RpcInconsistentAnswer("eth_getLogs result is not a list")
         for log_ in logs:
             number = int(log_["blockNumber"], 16)
             if not from_block <= number <= to_block:
@@ -590,16 +557,30 @@ def get_logs_checked(
 
 def get_receipt(client: RpcClient, tx_hash: str) -> dict | None:
     """The transaction receipt, or None while it is not mined (or not known to the node)."""
+    return client.call("eth_getTransactionReceipt", [tx_hash])
 
-    def validate(results):
-        receipt = results[0]
-        if receipt is None:
-            return
-        if not isinstance(receipt, dict) or receipt.get("transactionHash", "").lower() != tx_hash.lower():
-            raise RpcInconsistentAnswer("receipt for another transaction")
-        int(receipt["blockNumber"], 16)
-        _hash(receipt["blockHash"])
-        if not isinstance(receipt.get("logs"), list):
-            raise RpcInconsistentAnswer("receipt without logs")
 
-    return client.batch([("eth_getTransactionReceipt", [tx_hash])], validate=validate)[0]
+def get_transaction_counts(client: RpcClient, addresses, tags: tuple[str, ...]) -> dict[tuple[str, str], int]:
+    """eth_getTransactionCount of each address at each tag ("latest", "pending", a block number),
+    keyed (address, tag), in one round trip with the head's header.
+
+    A count is a bare quantity, and nonsense ("0xdeadbeef" from a broken balancer) looks like
+    one: taken as a nonce it would send at a nonce the chain never reaches and wedge the account.
+    The node answering the counts must answer a header that checks in the same batch, or the
+    next endpoint is asked."""
+    keys = [(address, tag) for address in sorted(set(addresses)) for tag in tags]
+    if not keys:
+        return {}
+    calls = [HEAD_HEADER_CALL]
+    calls += [("eth_getTransactionCount", [address, tag]) for address, tag in keys]
+    answers = client.batch(calls)
+    return {key: int(count, 16) for key, count in zip(keys, answers[1:], strict=True)}
+
+
+#: The head's header: its number is the head block. Asked rather than eth_blockNumber, a bare
+#: quantity nonsense can pass for (a head billions of blocks ahead would count any block confirmed).
+HEAD_HEADER_CALL = ("eth_getBlockByNumber", ["latest", False])
+
+
+def get_head_number(client: RpcClient) -> int:
+    return int(client.call(*HEAD_HEADER_CALL)["number"], 16)

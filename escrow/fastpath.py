@@ -32,7 +32,14 @@ from django.conf import settings
 from chain_events.cursor import held_block_hash, indexed_contract
 from chain_events.decoding import BOOKING_EVENT_TOPICS, DecodedLog, decode_logs
 from chain_events.ingest import apply_receipt_logs
-from chain_events.rpc import RpcClient, RpcInconsistentAnswer, get_receipt, get_rpc_client, parse_header
+from chain_events.rpc import (
+    HEAD_HEADER_CALL,
+    RpcClient,
+    RpcInconsistentAnswer,
+    RpcResponseError,
+    get_receipt,
+    get_rpc_client,
+)
 
 from .errors import BookingConflict
 from .revert_reasons import RevertReason, replay_revert_reason
@@ -103,7 +110,9 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
     if not outcome.touched_escrow:
         return outcome
     # Whatever we answer about a receipt of ours (even "reverted") must be about the chain's block.
-    head = require_canonical_block(client, tx_hash, outcome.block_number, receipt["blockHash"].lower())
+    block_hash = receipt["blockHash"].lower()
+    block = read_receipt_block(client, tx_hash, outcome.block_number, block_hash, contract=contract,
+                               booking_ids=sorted({event.chain_booking_id for event in outcome.events}))
     if outcome.reverted and outcome.called_escrow:
         transaction = get_transaction(client, tx_hash)
         outcome.revert_reason = (
@@ -112,76 +121,84 @@ def process_transaction(tx_hash: str, *, actor: str = "", client: RpcClient | No
         )
     if not outcome.events:
         return outcome
-    if head is not None and head - outcome.block_number < settings.CHAIN_CONFIRMATIONS:
+    if block.head is not None and block.head - outcome.block_number < settings.CHAIN_CONFIRMATIONS:
         # The scanner only applies blocks this deep; applying earlier would let the fast
         # path and the scanner disagree about what counts as settled.
         outcome.awaiting_confirmations = True
         return outcome
-    outcome.events = with_same_block_logs(client, contract, receipt["blockHash"].lower(), outcome.events)
+    outcome.events = with_same_block_events(outcome.events, block.booking_events)
     store_and_apply(outcome, actor=actor)
     return outcome
 
 
-def with_same_block_logs(
-    client: RpcClient, contract: str, block_hash: str, events: list[DecodedLog]
-) -> list[DecodedLog]:
+def with_same_block_events(events: list[DecodedLog], same_block: list[DecodedLog]) -> list[DecodedLog]:
     """The receipt's events plus the other events of its bookings in the same block (e.g. the
     payment mined just before the cancellation reported here), in chain order: folding the
     receipt's alone would take the booking through "cancellation without a known payment"."""
-    ids = sorted({event.chain_booking_id for event in events})
-    raw = client.call("eth_getLogs", [{"address": contract, "blockHash": block_hash,
-                                       "topics": [BOOKING_EVENT_TOPICS, ids]}])
-    merged = {(e.tx_hash, e.log_index): e for e in decode_logs(raw or [], contract_address=contract)
-              if e.chain_booking_id in ids and e.block_hash == block_hash}
+    merged = {(e.tx_hash, e.log_index): e for e in same_block}
     merged.update({(e.tx_hash, e.log_index): e for e in events})
     return sorted(merged.values(), key=lambda e: e.position)
 
 
-def require_canonical_block(client: RpcClient, tx_hash: str, number: int, receipt_block: str) -> int | None:
-    """Refuse (ReceiptNotCanonical) a receipt whose block is not the chain's block `number`.
+@dataclass
+class ReceiptBlock:
+    head: int | None  # the chain's head, when CHAIN_CONFIRMATIONS needs it
+    booking_events: list[DecodedLog]  # the events of the bookings asked about in the receipt's block
+
+
+def read_receipt_block(
+    client: RpcClient, tx_hash: str, number: int, receipt_block: str, *, contract: str, booking_ids: list[str],
+) -> ReceiptBlock:
+    """Refuse (ReceiptNotCanonical) a receipt whose block is not the chain's block `number`; else
+    the head and the events of `booking_ids` in that block. One round trip at most.
 
     The chain's block: the hash the scanner holds while `number` is in its unfinalized window
-    (no round trip), the node's header otherwise. Returns the head block when
-    CHAIN_CONFIRMATIONS needs it (asked in the same round trip), else None.
+    (not asked), the node's header otherwise. The bookings' logs are asked by block hash in the
+    same batch, before we know the block is the chain's: a node that no longer has it may answer
+    that with an error, which matters only when the block is the chain's (the answer is then
+    the node's failure, raised).
     """
     held = held_block_hash(number)
     calls = [] if held is not None else [("eth_getBlockByNumber", [hex(number), False])]
     if settings.CHAIN_CONFIRMATIONS:
-        calls.append(("eth_blockNumber", []))
-    answer: dict = {"canonical": held, "head": None}
-
-    def validate(results):
-        if held is None:
-            if results[0] is None:  # a node behind the one that answered the receipt: ask another
-                raise RpcInconsistentAnswer(f"node has no block {number}")
-            header = parse_header(results[0])
-            if header.number != number:
-                raise RpcInconsistentAnswer("header for the wrong block number")
-            answer["canonical"] = header.hash
-        if settings.CHAIN_CONFIRMATIONS:
-            answer["head"] = int(results[-1], 16)
-
-    if calls:
-        client.batch(calls, validate=validate)
-    if answer["canonical"] != receipt_block:
+        calls.append(HEAD_HEADER_CALL)
+    optional = frozenset()
+    if booking_ids:
+        calls.append(("eth_getLogs", [{"address": contract, "blockHash": receipt_block,
+                                       "topics": [BOOKING_EVENT_TOPICS, booking_ids]}]))
+        optional = frozenset({len(calls) - 1})  # "unknown block" for a block the chain left: not a failure
+    answers = iter(client.batch(calls, allow_errors=True, validate=_no_missing_block(held, number),
+                                optional=optional))
+    canonical = held if held is not None else _answer(next(answers)).get("hash", "").lower()
+    head = int(_answer(next(answers))["number"], 16) if settings.CHAIN_CONFIRMATIONS else None
+    if canonical != receipt_block:
         log.warning("fast path: tx %s is in block %s %s, the chain's block there is %s: refused",
-                    tx_hash, number, receipt_block, answer["canonical"])
-        raise ReceiptNotCanonical(tx_hash, number, receipt_block, answer["canonical"])
-    return answer["head"]
+                    tx_hash, number, receipt_block, canonical)
+        raise ReceiptNotCanonical(tx_hash, number, receipt_block, canonical)
+    events = []
+    if booking_ids:
+        events = [e for e in decode_logs(_answer(next(answers)), contract_address=contract)
+                  if e.chain_booking_id in booking_ids and e.block_hash == receipt_block]
+    return ReceiptBlock(head=head, booking_events=events)
+
+
+def _no_missing_block(held: str | None, number: int):
+    def validate(results):
+        if held is None and results[0] is None:  # a node behind the one that answered the receipt: ask another
+            raise RpcInconsistentAnswer(f"node has no block {number}")
+    return validate
+
+
+def _answer(result):
+    if isinstance(result, RpcResponseError):
+        raise result
+    return result
 
 
 def get_transaction(client: RpcClient, tx_hash: str) -> dict | None:
     """eth_getTransactionByHash: the transaction as the node knows it (in its mempool, or mined),
     or None when the node has never seen it."""
-
-    def validate(results):
-        transaction = results[0]
-        if transaction is not None and (
-            not isinstance(transaction, dict) or str(transaction.get("hash", "")).lower() != tx_hash
-        ):
-            raise RpcInconsistentAnswer("transaction answered for another hash")
-
-    return client.batch([("eth_getTransactionByHash", [tx_hash])], validate=validate)[0]
+    return client.call("eth_getTransactionByHash", [tx_hash])
 
 
 def store_and_apply(outcome: ReceiptOutcome, *, actor: str = "") -> None:

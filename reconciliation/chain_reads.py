@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from chain_events.decoding import BOOKING_EVENT_TOPICS
-from chain_events.rpc import RpcClient, RpcInconsistentAnswer, RpcResponseError, get_rpc_client
+from chain_events.rpc import RpcClient, RpcInconsistentAnswer, RpcResponseError, get_head_number, get_rpc_client
 from escrow.chain_state import ChainStatus
 
 from .transactions import escrow_call
@@ -39,7 +39,7 @@ class ChainBooking:
 
 def confirmed_block(client: RpcClient) -> int:
     """The newest block CHAIN_CONFIRMATIONS deep: what reconciliation and the rebuild compare against."""
-    return max(int(client.call("eth_blockNumber"), 16) - settings.CHAIN_CONFIRMATIONS, 0)
+    return max(get_head_number(client) - settings.CHAIN_CONFIRMATIONS, 0)
 
 
 def decode_booking_views(result: str, chain_booking_ids: list[str]) -> list[ChainBooking]:

@@ -48,7 +48,7 @@ from eth_abi import encode
 
 from chain_events.decoding import BOOKING_CANCELLED, BOOKING_CREATED_AND_PAID, SERVICE_COMPLETED
 from chain_events.models import ChainEvent, EventStatus, Orphan, SyncCursor
-from chain_events.rpc import RpcClient, RpcError, get_rpc_client
+from chain_events.rpc import RpcClient, RpcError, get_rpc_client, get_transaction_counts
 from common.eth import ZERO_ADDRESS
 from escrow.chain_effects import IMPLIED_CHAIN_STATUS
 from escrow.chain_state import ChainStatus
@@ -307,12 +307,12 @@ def _check_operator_nonces(client: RpcClient, block: int, now, figures: dict) ->
     if not accounts:
         figures["operator_accounts"] = {}
         return []
-    calls = [("eth_getTransactionCount", [a, tag]) for a in accounts for tag in (hex(block), "latest", "pending")]
-    answers = iter(int(c, 16) for c in client.batch(calls))
+    tags = (hex(block), "latest", "pending")
+    counts = get_transaction_counts(client, accounts, tags)
     stuck_before = now - timedelta(seconds=settings.TX_STUCK_ALERT_SECONDS)
     out, accounts_figures = [], {}
     for account in accounts:
-        at_block, latest, pending = next(answers), next(answers), next(answers)
+        at_block, latest, pending = (counts[(account, tag)] for tag in tags)
         mine = sent.filter(from_address=account)
         on_chain = mine.filter(status__in=[TxStatus.MINED, TxStatus.REVERTED], block_number__lte=block)
         highest = on_chain.order_by("-nonce").values_list("nonce", flat=True).first()

@@ -25,7 +25,7 @@ from django.db.models import Q
 from chain_events.cursor import indexed_contract
 from chain_events.decoding import decode_logs
 from chain_events.models import ChainEvent, EventStatus, SyncCursor
-from chain_events.rpc import RpcClient, get_receipt, get_rpc_client
+from chain_events.rpc import RpcClient, get_head_number, get_receipt, get_rpc_client
 from common.eth import same_address
 from escrow.authentication import is_staff_user, is_wallet
 from escrow.fastpath import get_transaction
@@ -76,7 +76,7 @@ def lookup_transaction(tx_hash: str, *, client: RpcClient | None = None) -> Tran
     if report is None:
         return _from_node(tx_hash, client or get_rpc_client())
     if report.head_block is None:  # the scanner has not seen its block yet (the fast path stored it)
-        report.head_block = int((client or get_rpc_client()).call("eth_blockNumber"), 16)
+        report.head_block = get_head_number(client or get_rpc_client())
         report.answered_from = "node"
     return report
 
@@ -172,7 +172,7 @@ def _from_node(tx_hash: str, client: RpcClient) -> TransactionReport:
             _add_called_booking(report, transaction)
         return report
     report.block_number = int(receipt["blockNumber"], 16)
-    report.head_block = int(client.call("eth_blockNumber"), 16)
+    report.head_block = get_head_number(client)
     contract = indexed_contract().contract
     if int(receipt.get("status") or "0x0", 16) == 0:
         report.status = "reverted"

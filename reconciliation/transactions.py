@@ -50,7 +50,15 @@ from eth_account import Account
 from eth_utils import keccak
 from prometheus_client import Counter
 
-from chain_events.rpc import RpcClient, RpcError, RpcResponseError, RpcUnavailable, get_chain_tip, get_rpc_client
+from chain_events.rpc import (
+    RpcClient,
+    RpcError,
+    RpcResponseError,
+    RpcUnavailable,
+    get_chain_tip,
+    get_rpc_client,
+    get_transaction_counts,
+)
 from contracts.artifacts import decode_revert, escrow_abi
 from contracts.deploy import encode_call
 
@@ -149,21 +157,12 @@ def _revert_message(error: RpcResponseError) -> str:
 
 def _quote(client: RpcClient, sender: str, to: str, data: str) -> tuple[int, int, int]:
     """(gas limit, maxFeePerGas, maxPriorityFeePerGas) in one round trip; TransactionRejected on revert."""
-    def validate(results):
-        # Nonsense from a node (a string where the fee history belongs) fails over to the next
-        # endpoint instead of crashing the settle pass (found by the chaos run).
-        if not isinstance(results[0], RpcResponseError):
-            int(results[0], 16)
-        if not isinstance(results[1], RpcResponseError):
-            market_fees(results[1])
-
     estimate, history = client.batch(
         [
             ("eth_estimateGas", [{"from": sender, "to": to, "data": data}]),
             _fee_history_call(),
         ],
         allow_errors=True,
-        validate=validate,
     )
     if isinstance(estimate, RpcResponseError):
         raise TransactionRejected(f"the call would fail: {_revert_message(estimate)}")
@@ -271,7 +270,7 @@ def _submit(client: RpcClient, account, record: SentTransaction) -> None:
     for attempt in range(2):
         with transaction.atomic():
             row = _lock_nonce_row(record.chain_id, record.from_address)
-            node_pending = int(client.call("eth_getTransactionCount", [record.from_address, "pending"]), 16)
+            node_pending = _pending_count(client, record.from_address)
             nonce = max(_choose_nonce(row, node_pending, record), floor)
             raw, tx_hash = _sign(account, record, nonce, record.max_fee_per_gas, record.max_priority_fee_per_gas)
             hashes.append(tx_hash)
@@ -497,9 +496,8 @@ def _hashes(record: SentTransaction) -> list[str]:
 
 def _mined_counts(client: RpcClient, addresses: set[str]) -> dict[str, int]:
     """eth_getTransactionCount(latest) of each address, in one round trip."""
-    ordered = sorted(addresses)
-    counts = client.batch([("eth_getTransactionCount", [a, "latest"]) for a in ordered])
-    return {a: int(c, 16) for a, c in zip(ordered, counts, strict=True)}
+    counts = get_transaction_counts(client, addresses, ("latest",))
+    return {address: count for (address, _), count in counts.items()}
 
 
 # -- reorgs and nonce gaps ------------------------------------------------------------------------
@@ -657,7 +655,7 @@ def reconcile_operator_nonces(*, client: RpcClient | None = None, now=None) -> d
 
 
 def _pending_count(client: RpcClient, address: str) -> int:
-    return int(client.call("eth_getTransactionCount", [address, "pending"]), 16)
+    return get_transaction_counts(client, [address], ("pending",))[(address, "pending")]
 
 
 def _unused(pending: int, below: int, held: set[int]) -> list[int]:
@@ -722,7 +720,7 @@ def _replace(client: RpcClient, account, record: SentTransaction) -> None:
     broadcast. A row settle gave an outcome meanwhile is not broadcast again (TransactionError).
     """
     bump = max(settings.TX_FEE_BUMP_PERCENT, MIN_REPLACEMENT_BUMP_PERCENT)
-    history = client.batch([_fee_history_call()], validate=lambda results: market_fees(results[0]))[0]
+    history = client.call(*_fee_history_call())
     market_max, market_priority = market_fees(history)
     priority = max(_percent_up(record.max_priority_fee_per_gas, bump), market_priority)
     max_fee = max(_percent_up(record.max_fee_per_gas, bump), market_max, priority)
@@ -797,5 +795,5 @@ def wait_for_transaction(record: SentTransaction, *, account=None, timeout: floa
 
 
 def _nonce_taken_by_other(client: RpcClient, record: SentTransaction) -> bool:
-    latest = int(client.call("eth_getTransactionCount", [record.from_address, "latest"]), 16)
+    latest = _mined_counts(client, {record.from_address})[record.from_address]
     return latest > record.nonce and not refresh_transaction(record, client)

@@ -12,7 +12,8 @@ behind: "latest" is an older header and blocks above it do not exist (a lagging 
 A method in `lose_answer_once` is forwarded the first time it is asked, and that answer is lost
 (HTTP 502 to the client: a gateway timing out after the node acted). With `empty_logs` every
 eth_getLogs is answered with no logs (a node that has not indexed the blocks yet).
-`refuse_methods` maps a method to the JSON-RPC error message the node answers it with.
+`refuse_methods` maps a method to the JSON-RPC error message the node answers it with, and
+`nonsense_answers` maps a method to the result the node answers it with instead of the real one.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class RpcProxy:
         self.lose_answer_once: set[str] = set()
         self.empty_logs = False
         self.refuse_methods: dict[str, str] = {}
+        self.nonsense_answers: dict[str, object] = {}
         self.seen: list[str] = []
         self.requests = 0
         proxy = self
@@ -110,6 +112,9 @@ class RpcProxy:
             if item["method"] in self.refuse_methods:
                 out.append({"jsonrpc": "2.0", "id": item["id"],
                             "error": {"code": -32000, "message": self.refuse_methods[item["method"]]}})
+                continue
+            if item["method"] in self.nonsense_answers:
+                out.append({"jsonrpc": "2.0", "id": item["id"], "result": self.nonsense_answers[item["method"]]})
                 continue
             if self.empty_logs and item["method"] == "eth_getLogs":
                 out.append({"jsonrpc": "2.0", "id": item["id"], "result": []})

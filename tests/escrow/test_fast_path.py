@@ -365,8 +365,8 @@ def test_a_payment_reorganised_out_is_refused_wherever_its_block_is(
 def test_a_receipt_of_the_chain_outside_the_held_window_is_applied_with_one_header_read(
     chain_settings, settings, make_booking, customer, client
 ):
-    """The check costs one batched round trip beside the receipt, and only outside the held window
-    (then one more: the booking's other logs of that block, escrow.fastpath.with_same_block_logs)."""
+    """Beside the receipt, one batched round trip: the block's header (only outside the held
+    window), the head and the booking's other logs of that block (escrow.fastpath.read_receipt_block)."""
     chain = chain_settings
     settings.CHAIN_CONFIRMATIONS = 1
     booking = make_booking()
@@ -376,8 +376,8 @@ def test_a_receipt_of_the_chain_outside_the_held_window_is_applied_with_one_head
         settings.CHAIN_RPC_URLS = [node.url]
         response = submit(client, booking, tx_hash)
         assert (response.status_code, response.json()["booking_status"]) == (200, "PAID")
-        assert node.requests == 3  # the receipt; the block's header and the head, in one batch; the block's logs
-        assert node.seen == ["eth_getTransactionReceipt", "eth_getBlockByNumber", "eth_blockNumber", "eth_getLogs"]
+        assert node.requests == 2  # the receipt; the block's header, the head and the block's logs in one batch
+        assert node.seen == ["eth_getTransactionReceipt", "eth_getBlockByNumber", "eth_getBlockByNumber", "eth_getLogs"]
 
 
 def test_rpc_down_is_a_503_json_answer(chain_settings, settings, make_booking, client):

@@ -129,7 +129,7 @@ def test_rpc_down_mid_run_counts_errors_and_applies_nothing(chain_settings, sett
         assert report.expired == 0
 
         # Down from the start: the run still leaves a report.
-        proxy.failing_methods = {"eth_blockNumber"}
+        proxy.failing_methods = {"eth_getBlockByNumber"}  # the head is read first
         down = reconcile_bookings(trigger="test")
         assert down.status == ReportStatus.FAILED and down.errors == 2 and down.checked == 0
 

@@ -385,3 +385,58 @@ def test_settling_while_the_waiter_replaces_the_transaction_leaves_the_replaceme
     assert transactions.refresh_transaction(record)
     record.refresh_from_db()
     assert record.status == TxStatus.MINED and record.tx_hash == record.tx_hashes[-1] != record.tx_hashes[0]
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("nonsense", ["0xdeadbeef", {"status": "0x1"}], ids=["string", "receipt-without-block"])
+def test_a_primary_answering_nonsense_receipts_does_not_stop_the_settle_pass(chain_settings, settings, nonsense):
+    """Found by the chaos run: the primary answered a string for eth_getTransactionReceipt and the
+    settle pass crashed on it (`'str' object has no attribute 'get'`). The healthy fallback answers
+    instead; the mined rows keep their receipts, a submitted one gets its outcome."""
+    from reconciliation.transactions import refresh_transaction, settle_transactions
+    from tests.rpc_proxy import RpcProxy
+
+    chain = chain_settings
+    operator = operator_account().address
+    mined = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+    submitted = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                                 reason="t")
+    SentTransaction.objects.filter(pk=submitted.pk).update(status=TxStatus.SUBMITTED, block_number=None,
+                                                           block_hash="")
+    with RpcProxy(chain.url) as primary:
+        primary.nonsense_answers["eth_getTransactionReceipt"] = nonsense
+        settings.CHAIN_RPC_URLS = [primary.url, chain.url]
+
+        settled = settle_transactions()
+        submitted.refresh_from_db()
+        assert refresh_transaction(submitted) is True
+
+        assert "eth_getTransactionReceipt" in primary.seen
+    assert settled["reorged"]["checked"] >= 1 and settled["reorged"]["moved"] == 0
+    for record in (mined, submitted):
+        record.refresh_from_db()
+        assert record.status == TxStatus.MINED and record.block_number is not None
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(90)
+def test_a_primary_answering_nonsense_moves_no_operator_nonce(chain_settings, settings):
+    """"0xdeadbeef" looks like a transaction count. Taken as one, a send would go out at a nonce the
+    chain never reaches, every later send would queue behind it, and the gap to fill would be
+    billions of nonces long. Counts are asked beside the head's header, which must check: the
+    healthy fallback answers them."""
+    from reconciliation.transactions import reconcile_operator_nonces
+    from tests.rpc_proxy import RpcProxy
+
+    chain = chain_settings
+    operator = operator_account().address
+    first = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator), actor="test", reason="t")
+    with RpcProxy(chain.url, mode="garbage") as primary:
+        settings.CHAIN_RPC_URLS = [primary.url, chain.url]
+        reconcile_operator_nonces()
+        assert OperatorNonce.objects.get(address=operator).next_nonce == first.nonce + 1
+        second = send_transaction(purpose=TxPurpose.OTHER, to=chain.usdc, data=mint_call(operator, 2), actor="test",
+                                  reason="t")
+        assert "eth_getTransactionCount" in primary.seen
+    assert second.nonce == first.nonce + 1 and second.status == TxStatus.MINED
+    assert OperatorNonce.objects.get(address=operator).next_nonce == first.nonce + 2
