@@ -20,6 +20,8 @@ from .rpc_faults import FaultyRpcProxy
 from .system import System
 
 BRIEF_RPC_FAULTS = ("drop", "http500", "http429", "garbage", "timeout")
+#: Time for a block that anvil's interval miner has begun to be stored (it takes milliseconds).
+ANVIL_MINING_SETTLE_SECONDS = 0.2
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,19 @@ class FaultInjector(threading.Thread):
         return reply["result"]
 
     def _reorg(self) -> None:
+        # anvil 1.7.1 unwinds in anvil_reorg without the miner's lock: racing the interval miner it leaves
+        # the reorged heights null below the head for good, so mining is paused and a block in flight let finish.
+        block_time = self.system.anvil.block_time
+        if block_time:
+            self._anvil("evm_setIntervalMining", [0])
+            time.sleep(ANVIL_MINING_SETTLE_SECONDS)
+        try:
+            self._reorg_paused()
+        finally:
+            if block_time:
+                self._anvil("evm_setIntervalMining", [max(1, round(block_time))])
+
+    def _reorg_paused(self) -> None:
         depth = self.rng.randint(1, 10)
         head = int(self._anvil("eth_blockNumber", []), 16)
         depth = min(depth, head - self.floor_block)
@@ -114,6 +129,21 @@ class FaultInjector(threading.Thread):
         self.done[kind] += 1
         self.reorg_depths[depth] += 1
         self.log(f"  fault: {kind} depth {depth} at block {head}")
+        self._heal_holes(head)
+
+    def _heal_holes(self, head: int) -> None:
+        """Should a block the reorg replaced (or one just below) still be null, re-mine from it (a deeper
+        reorg) and report it."""
+        replies = self.session.post(self.system.anvil.url, json=[
+            {"jsonrpc": "2.0", "id": n, "method": "eth_getBlockByNumber", "params": [hex(n), False]}
+            for n in range(max(self.floor_block + 1, head - 20), head + 1)
+        ], timeout=60).json()
+        missing = sorted(reply["id"] for reply in replies if reply.get("result") is None)
+        if not missing:
+            return
+        self.errors.append(f"reorg: anvil left {len(missing)} blocks null below its head {head}, from {missing[0]}")
+        self._anvil("anvil_reorg", [head - missing[0] + 1, []])
+        self.log(f"  fault: anvil left null blocks from {missing[0]}; re-mined them with a reorg from there")
 
     def _rpc(self) -> None:
         kind = self.rng.choice(BRIEF_RPC_FAULTS)
