@@ -18,6 +18,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.parse
 import uuid as uuid_lib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,13 +244,23 @@ def configure_environment(chain: BenchChain, *, database: str, redis_url: str, e
     return values
 
 
+def drop_database(url: str, *, create_empty: bool = False) -> None:
+    """DROP the database at `url` if it is there (whoever is connected to it) and, with `create_empty`,
+    CREATE it again with nothing in it. Through the server's `postgres` database, on `url`'s server."""
+    import psycopg
+    from psycopg import sql
+
+    parts = urllib.parse.urlsplit(url)
+    name = sql.Identifier(parts.path.strip("/"))
+    with psycopg.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        if create_empty:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+
+
 def recreate_database(name: str) -> None:
     """DROP (if there) and CREATE the benchmark's own database."""
-    import psycopg
-
-    with psycopg.connect(database_url("postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+    drop_database(database_url(name), create_empty=True)
 
 
 def setup_django(*, migrate: bool = True) -> None:

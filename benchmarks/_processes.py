@@ -6,6 +6,7 @@ must kill one process (SIGKILL, the whole session: a worker's pool children too)
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,18 +32,25 @@ def role_environment(env: dict, role: str) -> dict:
     return {**base, "BOOKME_PROCESS_ROLE": role}
 
 
-def worker_command(node_name: str, concurrency: int = 2, loglevel: str = "INFO") -> list[str]:
-    return [str(BIN / "celery"), "-A", "bookme", "worker", f"--loglevel={loglevel}", f"--concurrency={concurrency}",
-            "-n", f"{node_name}@%h", "--without-gossip", "--without-mingle"]
+def worker_command(node_name: str, concurrency: int = 2, loglevel: str = "INFO", *,
+                   gossip_and_mingle: bool = False) -> list[str]:
+    """A Celery worker; without gossip and mingle (no peers to hear from, and mingle waits for them at
+    start) unless `gossip_and_mingle`, which starts it exactly as the Procfile does."""
+    command = [str(BIN / "celery"), "-A", "bookme", "worker", f"--loglevel={loglevel}",
+               f"--concurrency={concurrency}", "-n", f"{node_name}@%h"]
+    return command if gossip_and_mingle else [*command, "--without-gossip", "--without-mingle"]
 
 
 def beat_command() -> list[str]:
     return [str(BIN / "celery"), "-A", "bookme", "beat", "--loglevel=INFO"]
 
 
-def web_command(port: int, workers: int = 2) -> list[str]:
+def web_command(port: int, workers: int = 2, threads: int = 0) -> list[str]:
+    """gunicorn; with `threads`, the Procfile's threaded workers that keep connections alive
+    (sync workers close each connection after its answer)."""
+    threaded = ["--worker-class", "gthread", "--threads", str(threads), "--keep-alive", "30"] if threads else []
     return [str(BIN / "gunicorn"), "bookme.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--timeout", "30"]
+            "--workers", str(workers), *threaded, "--timeout", "30"]
 
 
 def asgi_command(port: int) -> list[str]:
@@ -72,13 +80,15 @@ class ProcessGroup:
         return self.procs[name]
 
     def restart(self, name: str) -> subprocess.Popen:
+        """`name` started again as it was started (after a kill, or after it ended on its own)."""
         command, env = self.commands[name]
         return self.start(name, command, env)
 
     def kill(self, name: str) -> None:
-        """SIGKILL `name` and everything in its session, as a crash would."""
+        """SIGKILL `name` and everything in its session, as a crash would: also when `name` itself
+        already ended, so that no pool child it left behind outlives it."""
         proc = self.procs[name]
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # the whole session is gone already
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 

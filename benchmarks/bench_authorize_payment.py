@@ -47,6 +47,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks._common import database_url, recreate_database  # noqa: E402
+
 ANVIL_SIGNER_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
 TARGET_RATE = 300.0
 TARGET_RATIO = 0.5
@@ -58,14 +60,13 @@ def say(message: str) -> None:
 
 # -- environment, database, data ------------------------------------------------------------
 def bench_environment(database: str, redis_url: str, throttle_rate: str) -> dict[str, str]:
-    server = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
     return {
         "BOOKME_READ_ENV_FILES": "0",
         "DJANGO_SETTINGS_MODULE": "bookme.settings",
         "DJANGO_SECRET_KEY": "bench-only-secret-key-0123456789abcdefghijklmnopqrstuvwxyz",
         "DJANGO_DEBUG": "false",
         "DJANGO_HTTPS": "false",  # served over plain HTTP on localhost
-        "DATABASE_URL": f"{server}/{database}",
+        "DATABASE_URL": database_url(database),
         "DATABASE_CONN_MAX_AGE": "600",
         "REDIS_URL": redis_url,
         "CACHE_KEY_PREFIX": f"bench-{database}",
@@ -80,15 +81,6 @@ def bench_environment(database: str, redis_url: str, throttle_rate: str) -> dict
         "MAX_OPEN_UNPAID_BOOKINGS_PER_PROVIDER": "1000000",
         "LOG_LEVEL": "WARNING",
     }
-
-
-def recreate_database(name: str) -> None:
-    import psycopg
-
-    server = os.environ.get("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432").rstrip("/")
-    with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 @dataclass

@@ -10,10 +10,10 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import redis
 from django.db import connection
 
+from benchmarks._common import drop_database
 from contracts.anvil import find_free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -78,15 +78,9 @@ def _redis_beside_test_redis(offset: int) -> str:
     return urllib.parse.urlunsplit(url._replace(path=f"/{(int(url.path.strip('/') or 0) + offset) % 16}"))
 
 
-def _drop_database(url: str) -> None:
-    parts = urllib.parse.urlsplit(url)
-    with psycopg.connect(urllib.parse.urlunsplit(parts._replace(path="/postgres")), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{parts.path.strip("/")}" WITH (FORCE)')  # bin/setup creates it
-
-
 def start_bin_run(state_dir: Path) -> RunningSystem:
     database_url, redis_url = _beside_test_database("_sys"), _redis_beside_test_redis(4)
-    _drop_database(database_url)
+    drop_database(database_url)  # not created again: bin/setup creates it, as on a developer's first run
     redis.Redis.from_url(redis_url).flushdb()
     ports = [find_free_port() for _ in range(4)]
     # The environment a developer's shell has: none of this test run's chain settings (bin/run

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -18,17 +17,22 @@ from pathlib import Path
 import requests
 from web3 import Web3
 
+from benchmarks._common import drop_database
+from benchmarks._processes import (
+    REPO_ROOT,
+    ProcessGroup,
+    beat_command,
+    role_environment,
+    web_command,
+    worker_command,
+)
 from contracts.anvil import ANVIL_ADDRESSES, ANVIL_PRIVATE_KEYS, AnvilProcess, find_free_port
 from contracts.deploy import Deployment, deploy_stack, escrow_abi, transact
 
 from .rpc_faults import FaultyRpcProxy
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 OWNER_KEY, SIGNER_KEY, OPERATOR_KEY = ANVIL_PRIVATE_KEYS[0], ANVIL_PRIVATE_KEYS[1], ANVIL_PRIVATE_KEYS[2]
 FEE_RECIPIENT = ANVIL_ADDRESSES[3]
-# Only the worker holds the operator key (as in the Procfile): web and beat refuse it.
-SENDING_KEYS = ("OPERATOR_PRIVATE_KEY", "CONTRACT_OWNER_PRIVATE_KEY")
 
 
 class System:
@@ -46,7 +50,7 @@ class System:
         self.proxy: FaultyRpcProxy | None = None
         self.deployment: Deployment | None = None
         self.env: dict[str, str] = {}
-        self.procs: dict[str, subprocess.Popen] = {}
+        self.processes = ProcessGroup(self.state_dir)  # each process's log is <state_dir>/<name>.log
         self.restarts: dict[str, int] = {"worker": 0, "beat": 0}
         self.down_on_purpose: set[str] = set()  # SIGKILLed, not started again yet
         self.exits: list[str] = []  # processes that ended on their own (and were started again)
@@ -62,7 +66,7 @@ class System:
 
     # -- bring-up --------------------------------------------------------------------------
     def start(self) -> None:
-        self._recreate_database()
+        drop_database(self.database_url, create_empty=True)
         self._flush_redis()
         self.anvil.start(timeout=60)
         w3 = Web3(Web3.HTTPProvider(self.anvil.url, request_kwargs={"timeout": 60}))
@@ -79,9 +83,9 @@ class System:
         self.env = self._environment()
         os.environ.update(self.env)  # the tool's own Django (the invariant checks) reads the same settings
         subprocess.run([sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"], cwd=REPO_ROOT,
-                       env={**self._process_env("command"), "LOG_LEVEL": "WARNING"}, check=True)
-        for name in ("web", "worker", "beat"):
-            self.start_process(name)
+                       env=self._command_environment(), check=True)
+        for name, command in self._commands().items():
+            self.processes.start(name, command, role_environment(self._base_environment(), name))
         threading.Thread(target=self._supervise, daemon=True).start()
 
     def _environment(self) -> dict[str, str]:
@@ -109,57 +113,45 @@ class System:
             **self.settings,
         }
 
-    def _process_env(self, role: str) -> dict[str, str]:
+    def _base_environment(self) -> dict[str, str]:
         # PYTHONPATH: the code of this tree, whatever the console scripts' own path says.
-        env = {**os.environ, **self.env, "BOOKME_PROCESS_ROLE": role, "PYTHONPATH": str(REPO_ROOT)}
-        if role in ("web", "beat"):
-            for key in SENDING_KEYS:
-                env.pop(key, None)
-        return env
+        return {**os.environ, **self.env, "PYTHONPATH": str(REPO_ROOT)}
+
+    def _command_environment(self) -> dict[str, str]:
+        """A one-off management command's: the operator key stays, as in an operator's shell."""
+        return {**self._base_environment(), "BOOKME_PROCESS_ROLE": "command", "LOG_LEVEL": "WARNING"}
 
     def _commands(self) -> dict[str, list[str]]:
+        """As the Procfile starts them (threaded web workers, the worker with gossip and mingle)."""
         return {
-            "web": [str(BIN / "gunicorn"), "bookme.wsgi:application", "--bind", f"127.0.0.1:{self.web_port}",
-                    "--workers", str(self.web_workers), "--worker-class", "gthread", "--threads", "4",
-                    "--keep-alive", "30", "--timeout", "30"],
-            "worker": [str(BIN / "celery"), "-A", "bookme", "worker", "--loglevel=INFO",
-                       f"--concurrency={self.worker_concurrency}", "-n", f"chaos-{os.getpid()}@%h"],
-            "beat": [str(BIN / "celery"), "-A", "bookme", "beat", "--loglevel=INFO"],
+            "web": web_command(self.web_port, self.web_workers, threads=4),
+            "worker": worker_command(f"chaos-{os.getpid()}", self.worker_concurrency, gossip_and_mingle=True),
+            "beat": beat_command(),
         }
 
     def manage(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
         """A management command against the system (a one-off process, as an operator runs it)."""
         return subprocess.run([sys.executable, "manage.py", *args], cwd=REPO_ROOT, capture_output=True, text=True,
-                              env={**self._process_env("command"), "LOG_LEVEL": "WARNING"}, timeout=timeout)
-
-    def start_process(self, name: str) -> None:
-        log = open(self.state_dir / f"{name}.log", "ab")  # noqa: SIM115 (the process writes to it until it ends)
-        self.procs[name] = subprocess.Popen(
-            self._commands()[name], cwd=REPO_ROOT, env=self._process_env(name), stdout=log,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )
+                              env=self._command_environment(), timeout=timeout)
 
     def kill(self, name: str) -> None:
         """SIGKILL the process group (a worker's pool children too): no clean shutdown."""
-        proc = self.procs[name]
         self.down_on_purpose.add(name)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+        self.processes.kill(name)
 
     def restart(self, name: str) -> None:
-        self.start_process(name)
+        self.processes.restart(name)
         self.restarts[name] += 1
         self.down_on_purpose.discard(name)
 
     def _supervise(self) -> None:
         """As a process manager would: a process that ended on its own is recorded and started again."""
         while not self._stopping.wait(2.0):
-            for name, proc in list(self.procs.items()):
+            for name, proc in list(self.processes.procs.items()):
                 if proc.poll() is None or name in self.down_on_purpose or self._stopping.is_set():
                     continue
                 self._record_exit(name, proc)
-                self.start_process(name)
+                self.processes.restart(name)
 
     def _record_exit(self, name: str, proc: subprocess.Popen) -> None:
         last = [line for line in self.log_tail(name, 4000).splitlines() if line.strip()][-1:]
@@ -167,52 +159,27 @@ class System:
                           f"{last[0][:200] if last else ''}")
 
     def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            self.check_alive()
+        """Until web answers its health check (a 503 too: up, with a dependency down); fails with the
+        logs if a process ended first."""
+        def web_answers() -> bool:
             with contextlib.suppress(requests.RequestException):
-                if requests.get(self.base_url + "/api/health/", timeout=2).status_code in (200, 503):
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"web not answering after {timeout:.0f} s; logs in {self.state_dir}")
-            time.sleep(0.3)
+                return requests.get(self.base_url + "/api/health/", timeout=2).status_code in (200, 503)
+            return False
 
-    def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+        self.processes.wait_for(f"web answering on {self.base_url}", web_answers, timeout=timeout, interval=0.3)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
-        path = self.state_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+        return self.processes.log(name)[-chars:]
 
     # -- tear-down -------------------------------------------------------------------------
     def stop(self) -> None:
         self._stopping.set()
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-        for proc in self.procs.values():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        self.processes.stop(timeout=20)
         if self.proxy is not None:
             self.proxy.stop()
         self.anvil.stop()
 
-    # -- database and broker -----------------------------------------------------------------
-    def _recreate_database(self) -> None:
-        import psycopg
-
-        server, name = self.database_url.rsplit("/", 1)
-        with psycopg.connect(f"{server}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-
+    # -- broker ----------------------------------------------------------------------------------
     def _flush_redis(self) -> None:
         import redis
 
