@@ -6,8 +6,14 @@ at each policy tier, or provider), or leave it paid for auto-complete.
 
 Wallets talk to anvil directly (their own node, not the backend's faulty primary). A reorg can
 drop a wallet's mined transaction: like a wallet, the flow sends it again (same signed bytes,
-same nonce) while it waits. Every HTTP answer of 500 or more is counted; a 503 with Retry-After
-is the backend's documented "try again" and is retried after the wait it names.
+same nonce) while it waits. A reorg can also leave a transaction reverted that had succeeded (a
+party's cancellation or completion mined before the payment it needs was mined again, a payment
+mined again after its authorization lapsed): like a careful client, the flow reads the booking
+on chain, waits for the payment (or pays again with a new authorization) and sends the call
+again, for as long as FLOW_TIMEOUT. A booking refused at the unpaid-booking cap waits for one
+of the wallet's unpaid bookings to be paid again or to expire (docs/api.md, *Create*). Every
+HTTP answer of 500 or more is counted; a 503 with Retry-After is the backend's documented "try
+again" and is retried after the wait it names.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -35,6 +42,19 @@ POLL = 0.5
 # dropped (reorgs here are at most 10 blocks deep); the final sweep looks at all of them.
 RESEND_WINDOW = 600.0
 POOL_STUCK_SECONDS = 15.0
+# A booking refused at the unpaid-booking cap waits this long for a place: an unpaid booking of a
+# stalled flow expires once its payment authorization (AUTHORIZATION_TTL_SECONDS, 300) and the
+# grace after it (AUTHORIZATION_EXPIRY_GRACE_SECONDS, 120) ran out, at the next reconciliation run.
+UNPAID_CAP_WAIT = 300 + 120 + 60.0
+# A cancellation authorization this close to its expiry is not sent: it could lapse before it is mined.
+CANCELLATION_EXPIRY_MARGIN = 30
+# A party's cancellation or completion is watched until it is this many blocks deep (reorgs here are
+# at most 10 deep): until then a reorg can take it back after the flow saw it.
+FINAL_DEPTH = 12
+# After the run, how long a flow runner keeps watching its last settlements until they are final.
+FINAL_WATCH_SECONDS = 120.0
+# BookingEscrow.Status
+CHAIN_NONE, CHAIN_PAID, CHAIN_COMPLETED, CHAIN_CANCELLED = range(4)
 
 # kind -> (who acts after payment, scheduled-at lead time, expected cancellation policy tier)
 FLOW_KINDS = {
@@ -59,6 +79,10 @@ class TransactionReverted(FlowError):
     pass
 
 
+class FlowNotStarted(FlowError):
+    """The run ended while a flow waited for its booking to be accepted: nothing was booked."""
+
+
 @dataclass
 class DriverStats:
     flows: Counter = field(default_factory=Counter)  # kind -> finished
@@ -71,6 +95,9 @@ class DriverStats:
     rebroadcasts: int = 0
     pool_resets: int = 0
     cancellations_sent_again: int = 0
+    completions_sent_again: int = 0  # completeService reverted (payment not mined again yet), sent again
+    payments_sent_again: int = 0  # a payment reverted (or was mined again reverted): a new authorization, paid again
+    unpaid_cap_waits: int = 0  # bookings refused at the unpaid-booking cap that waited for a place
     resend_refusals: Counter = field(default_factory=Counter)
     tier_mismatches: list = field(default_factory=list)
     auto_complete_bookings: list = field(default_factory=list)  # (uuid, scheduled_at)
@@ -117,7 +144,8 @@ SELECTORS = _function_names()  # 4-byte selector -> function or error name (to s
 
 
 class Wallet:
-    """A key, its nonces (kept here: a reorg can lower the chain's count) and what it sent."""
+    """A key, its transaction nonce (kept here: a reorg can lower the chain's count, and every
+    transaction it dropped is sent again with its own nonce) and what it sent."""
 
     def __init__(self, label: str, node: Node, chain_id: int, stats: DriverStats):
         self.account = Account.from_key(keccak(text=f"bookme-chaos-wallet:{label}"))
@@ -126,8 +154,6 @@ class Wallet:
         self.chain_id = chain_id
         self.stats = stats
         self.next_nonce = 0
-        # EIP-2612 permits used so far (USDC's nonces(owner)), kept here for the same reason as next_nonce.
-        self.permit_nonce = 0
         self.calls: dict[str, dict] = {}  # tx hash -> the call, to replay it when it reverted
         self._refused_since: dict[str, float] = {}  # tx hash -> first "already imported" while unmined
         self.sent: dict[str, tuple[str, float, int]] = {}  # tx hash -> (signed raw transaction, when sent, nonce)
@@ -191,11 +217,38 @@ class Wallet:
             else (reply.get("error") or {}).get("message", "no error when replayed")
         return f"{function} reverted: {error}"
 
-    def sync_permit_nonce(self, usdc: str) -> None:
-        """After a payment reverted (its permit not used): the token's count, once nothing of ours is pending."""
-        self.resend_dropped()
+    def permit_nonce(self, usdc: str, timeout: float = FLOW_TIMEOUT) -> int:
+        """The EIP-2612 nonce the next permit must carry: USDC's nonces(owner), read at a block
+        where every transaction this wallet sent is mined (its mined count there = next_nonce).
+
+        Not a count of the permits signed: a payment that reverts does not use its permit (the
+        contract's permit is in a try/catch and the whole call reverts), and one a reorg put back
+        after its authorization lapsed reverts when it is mined again. Nor the token's count while
+        a payment of ours is unmined: it would still take the nonce read. Both reads are at one
+        block hash, so a reorg between them cannot mix two chains."""
         call = {"to": usdc, "data": "0x" + encode_call(usdc_abi(), "nonces", [self.address]).hex()}
-        self.permit_nonce = int(self.node.call("eth_call", [call, "latest"]), 16)
+        deadline = time.monotonic() + timeout
+        last_resend = time.monotonic()
+        while True:
+            with contextlib.suppress(FlowError):  # the block was reorged away between the reads: read again
+                block = {"blockHash": self.node.call("eth_getBlockByNumber", ["latest", False])["hash"]}
+                if int(self.node.call("eth_getTransactionCount", [self.address, block]), 16) >= self.next_nonce:
+                    return int(self.node.call("eth_call", [call, block]), 16)
+            if time.monotonic() - last_resend > 3:
+                self.resend_dropped()
+                last_resend = time.monotonic()
+            if time.monotonic() > deadline:
+                raise FlowError(f"transactions of {self.address} not all mined in {timeout:.0f} s (permit nonce)")
+            time.sleep(POLL)
+
+    def receipt_status(self, tx_hash: str) -> int | None:
+        """1 mined, 0 mined and reverted, None not mined (now: a reorg can change each)."""
+        receipt = self.node.call("eth_getTransactionReceipt", [tx_hash])
+        return None if receipt is None else int(receipt["status"], 16)
+
+    def why_reverted(self, tx_hash: str) -> str:
+        receipt = self.node.call("eth_getTransactionReceipt", [tx_hash])
+        return f"{self._why_reverted(tx_hash, receipt)} (tx {tx_hash})" if receipt else f"tx {tx_hash} not mined"
 
     def unmined(self) -> list[str]:
         """What is known of each transaction of this wallet that has no receipt (for the report)."""
@@ -265,12 +318,41 @@ class Api:
             time.sleep(min(wait, 5))
 
 
+def _settled_on_chain(status: str) -> int:
+    return CHAIN_COMPLETED if status == "COMPLETED" else CHAIN_CANCELLED
+
+
 def _route(path: str) -> str:
     parts = path.strip("/").split("/")
     return "/" + "/".join("<id>" if len(p) == 36 else p for p in parts) + "/"
 
 
 # -- one flow -------------------------------------------------------------------------------------
+@dataclass
+class Payment:
+    """A booking's payment: every transaction its customer sent for it (a reverted one, then the next)."""
+    booking_id: str
+    chain_booking_id: bytes
+    tx_hashes: list[str]
+
+    def paying_tx(self, wallet: Wallet) -> str:
+        """The one mined without a revert (a reorg can put an earlier one back), else the last."""
+        return next((h for h in reversed(self.tx_hashes) if wallet.receipt_status(h) == 1), self.tx_hashes[-1])
+
+
+@dataclass
+class Settlement:
+    """A party's completeService or cancelBooking of a booking and every transaction sent for it."""
+    kind: str
+    payment: Payment
+    wallet: Wallet
+    status: str  # what the API shows once it is mined: COMPLETED or CANCELLED
+    call_data: Callable[[], bytes]
+    gas: int
+    sent_again: str  # the DriverStats counter of sending it again
+    tx_hashes: list[str] = field(default_factory=list)
+
+
 class FlowRunner:
     """Runs flows one after another for one customer and one provider, until told to stop."""
 
@@ -287,6 +369,8 @@ class FlowRunner:
         self.auto_lead_seconds = auto_lead_seconds
         self.customer = Wallet(f"customer-{index}", node, chain_id, stats)
         self.provider = Wallet(f"provider-{index}", node, chain_id, stats)
+        self.stop_event = threading.Event()  # run()'s: a booking waiting at the unpaid cap gives up when set
+        self.watched: list[Settlement] = []  # settled in the API, not yet FINAL_DEPTH deep on chain
 
     # setup ------------------------------------------------------------------------------
     def fund(self) -> list[str]:
@@ -317,20 +401,26 @@ class FlowRunner:
 
     # the loop ---------------------------------------------------------------------------
     def run(self, stop: threading.Event, *, only: str | None = None) -> None:
+        self.stop_event = stop
         kinds, weights = zip(*FLOW_WEIGHTS.items(), strict=True)
         while not stop.is_set():
             kind = only or self.rng.choices(kinds, weights)[0]
             try:
+                self._keep_settled()
                 self.flow(kind)
                 self.stats.add("flows", kind)
+            except FlowNotStarted:
+                break
             except FlowError as exc:
                 self.stats.add("stalled", f"{kind}: {exc}")
-                if isinstance(exc, TransactionReverted):
-                    self.customer.sync_permit_nonce(self.usdc)
                 time.sleep(5)
             except Exception as exc:  # noqa: BLE001 (one broken flow must not end the driver)
                 self.stats.add("errors", f"{kind}: {type(exc).__name__}: {exc}")
                 time.sleep(1)
+        deadline = time.monotonic() + FINAL_WATCH_SECONDS
+        while self.watched and time.monotonic() < deadline:
+            self._keep_settled()
+            time.sleep(2)
 
     def flow(self, kind: str) -> None:
         actor, lead, tier = FLOW_KINDS[kind]
@@ -340,57 +430,181 @@ class FlowRunner:
         amount = self.rng.randrange(1_000_000, 500_000_000)
         booking = self._create(amount, scheduled_at)
         booking_id = booking["id"]
-        auth = self._authorize(booking_id)
-        pay_hash = self._pay(auth)
-        self._confirm(booking_id, pay_hash, "PAID")
+        payment = self._pay_and_confirm(booking_id)
         if kind == "auto_complete":
             self.stats.add("auto_complete_bookings", (booking_id, scheduled_at))
             return
         if kind == "complete":
-            chain_id = bytes.fromhex(auth["message"]["bookingId"][2:])
-            tx = self.customer.send(self.escrow, encode_call(escrow_abi(), "completeService", [chain_id]), 200_000)
-            self._confirm(booking_id, tx, "COMPLETED")
+            complete = encode_call(escrow_abi(), "completeService", [payment.chain_booking_id])
+            self._settle(Settlement(kind, payment, self.customer, "COMPLETED", lambda: complete, 200_000,
+                                    "completions_sent_again"))
             return
         wallet = self.customer if actor == "customer" else self.provider
         cancellation = self._request_cancellation(booking_id, wallet)
         if cancellation["policy_tier"] != tier:
             self.stats.add("tier_mismatches", f"{kind}: expected {tier}, got {cancellation['policy_tier']}")
-        m = cancellation["message"]
-        values = (bytes.fromhex(m["bookingId"][2:]), int(m["customerAmount"]), int(m["providerAmount"]),
-                  int(m["platformAmount"]), int(m["inviterAmount"]), m["reason"], int(m["expiry"]), int(m["nonce"]))
-        signature = bytes.fromhex(cancellation["signature"][2:])
-        for attempt in range(3):
-            tx = wallet.send(self.escrow, encode_call(escrow_abi(), "cancelBooking", [values, signature]), 300_000)
-            try:
-                self._confirm(booking_id, tx, "CANCELLED", sender=wallet)
-                return
-            except TransactionReverted:
-                # The provider's cancellation can be mined before the customer's payment that a
-                # reorg dropped is mined again (two accounts, no order between them): once the
-                # booking is paid again, the same authorization is sent again.
-                if attempt == 2:
-                    raise
-                # PAID: the chain's fold after the reorg does not restore the API's PENDING_CANCELLATION.
-                # CANCELLED: a later reorg put an earlier attempt back after the payment.
-                if self._wait_status(booking_id, ("PAID", "PENDING_CANCELLATION", "CANCELLED"), wallet) == "CANCELLED":
-                    return
-                self.stats.add("cancellations_sent_again")
+        held = [cancellation]
+
+        def cancel_call() -> bytes:
+            # Waiting for a payment a reorg took away can outlast the authorization: ask for a new one.
+            if int(held[0]["message"]["expiry"]) - time.time() < CANCELLATION_EXPIRY_MARGIN:
+                held[0] = self._request_cancellation(booking_id, wallet)
+            m = held[0]["message"]
+            values = (bytes.fromhex(m["bookingId"][2:]), int(m["customerAmount"]), int(m["providerAmount"]),
+                      int(m["platformAmount"]), int(m["inviterAmount"]), m["reason"], int(m["expiry"]),
+                      int(m["nonce"]))
+            return encode_call(escrow_abi(), "cancelBooking", [values, bytes.fromhex(held[0]["signature"][2:])])
+
+        self._settle(Settlement(kind, payment, wallet, "CANCELLED", cancel_call, 300_000, "cancellations_sent_again"))
 
     # steps ----------------------------------------------------------------------------
     def _create(self, amount: int, scheduled_at: datetime) -> dict:
-        response = self.api.request("POST", "/api/bookings/", token=self.customer.token, body={
-            "provider": self.provider.address, "amount": amount, "scheduled_at": scheduled_at.isoformat(),
-            "description": "chaos run",
-        })
-        if response.status_code != 201:
-            raise FlowError(f"create: {response.status_code} {response.text[:200]}")
-        return response.json()
+        """The new booking. Refused at the unpaid-booking cap, it waits, as the API says ("pay one,
+        or let one expire"): what holds the places is a payment of this wallet that a reorg dropped
+        (sent again meanwhile) or the unpaid booking of a stalled flow (it expires once its payment
+        authorization lapsed; there is no API call that cancels an unpaid booking)."""
+        deadline = time.monotonic() + UNPAID_CAP_WAIT
+        waited = False
+        while True:
+            response = self.api.request("POST", "/api/bookings/", token=self.customer.token, body={
+                "provider": self.provider.address, "amount": amount, "scheduled_at": scheduled_at.isoformat(),
+                "description": "chaos run",
+            })
+            if response.status_code == 201:
+                return response.json()
+            at_cap = response.status_code == 409 and "unpaid booking" in response.text
+            if not at_cap or time.monotonic() > deadline:
+                raise FlowError(f"create: {response.status_code} {response.text[:200]}")
+            if self.stop_event.is_set():
+                raise FlowNotStarted("the run ended while the booking waited at the unpaid-booking cap")
+            if not waited:
+                self.stats.add("unpaid_cap_waits")
+                waited = True
+            self.customer.resend_dropped()
+            time.sleep(5)
 
     def _authorize(self, booking_id: str) -> dict:
-        response = self.api.request("POST", f"/api/bookings/{booking_id}/authorize-payment/", token=self.customer.token)
-        if response.status_code != 200:
-            raise FlowError(f"authorize-payment: {response.status_code} {response.text[:200]}")
-        return response.json()
+        deadline = time.monotonic() + FLOW_TIMEOUT
+        while True:
+            response = self.api.request("POST", f"/api/bookings/{booking_id}/authorize-payment/",
+                                        token=self.customer.token)
+            if response.status_code == 200:
+                return response.json()
+            # 409 when paying again: the API still shows the payment that a reorg since dropped or
+            # made revert; it follows the chain.
+            if response.status_code != 409 or time.monotonic() > deadline:
+                raise FlowError(f"authorize-payment: {response.status_code} {response.text[:200]}")
+            self.customer.resend_dropped()
+            time.sleep(1)
+
+    def _pay_and_confirm(self, booking_id: str) -> Payment:
+        """Authorize, pay and wait until the API shows PAID. A payment that reverted (nothing was
+        escrowed) is made again with a new authorization while the booking is unpaid on chain."""
+        deadline = time.monotonic() + FLOW_TIMEOUT
+        auth = self._authorize(booking_id)
+        payment = Payment(booking_id, bytes.fromhex(auth["message"]["bookingId"][2:]), [self._pay(auth)])
+        while True:
+            try:
+                self._confirm(booking_id, payment.paying_tx(self.customer), "PAID")
+                return payment
+            except TransactionReverted:
+                if time.monotonic() > deadline:
+                    raise
+                self._ensure_paid(payment, deadline)
+
+    def _ensure_paid(self, payment: Payment, deadline: float) -> int:
+        """The booking's status on chain once it is paid (or later). While a payment of ours is
+        unmined the wallet sends again what a reorg dropped; once every one is mined reverted, it
+        pays again with a new authorization."""
+        last_resend = time.monotonic()
+        while True:
+            status = self._chain_status(payment.chain_booking_id)
+            if status != CHAIN_NONE:
+                return status
+            if all(self.customer.receipt_status(tx_hash) == 0 for tx_hash in payment.tx_hashes):
+                if time.monotonic() > deadline:
+                    raise TransactionReverted(self.customer.why_reverted(payment.tx_hashes[-1]))
+                self.stats.add("payments_sent_again")
+                payment.tx_hashes.append(self._pay(self._authorize(payment.booking_id)))
+            elif time.monotonic() - last_resend > 3:
+                self.customer.resend_dropped()
+                last_resend = time.monotonic()
+            if time.monotonic() > deadline:
+                raise FlowError(f"booking {payment.booking_id} not paid on chain after {FLOW_TIMEOUT:.0f} s "
+                                f"(payments {payment.tx_hashes})")
+            time.sleep(POLL)
+
+    def _settle(self, settlement: Settlement) -> None:
+        """Send the party's completeService/cancelBooking and wait until the API shows its status;
+        then watch it (_keep_settled) until it is final.
+
+        It reverts when a reorg took away the payment it needs and the call was mined before the
+        payment was mined again (two accounts, no order between them; BookingNotPaid): then the
+        wallet waits until the booking is paid on chain again and the API shows it paid again,
+        and sends the call again, for as long as FLOW_TIMEOUT."""
+        payment, wallet, status = settlement.payment, settlement.wallet, settlement.status
+        booking_id = payment.booking_id
+        deadline = time.monotonic() + FLOW_TIMEOUT
+        while True:
+            tx = wallet.send(self.escrow, settlement.call_data(), settlement.gas)
+            settlement.tx_hashes.append(tx)
+            try:
+                self._confirm(booking_id, tx, status, sender=wallet)
+                break
+            except TransactionReverted:
+                if time.monotonic() > deadline:
+                    raise
+                chain_status = self._ensure_paid(payment, deadline)
+                if chain_status == _settled_on_chain(status):  # an earlier attempt, put back after the payment
+                    self._wait_status(booking_id, status, wallet)
+                    break
+                if chain_status != CHAIN_PAID:
+                    raise
+                # PENDING_CANCELLATION: the API had not seen the reorg yet (the chain says paid).
+                if self._wait_status(booking_id, ("PAID", "PENDING_CANCELLATION", status), wallet) == status:
+                    break
+                self.stats.add(settlement.sent_again)
+        if settlement not in self.watched:
+            self.watched.append(settlement)
+
+    def _keep_settled(self) -> None:
+        """Watch the flows' cancellations and completions until they are FINAL_DEPTH deep. A reorg
+        can take one back after the API showed it (the flow is counted): the wallet sends it
+        again (resend_dropped), and mined before the payment it needs (mined again too) it
+        reverts: then it is settled again (_settle), as the flow did."""
+        if not self.watched:
+            return
+        self.customer.resend_dropped()  # the payments they need
+        if any(settlement.wallet is self.provider for settlement in self.watched):
+            self.provider.resend_dropped()
+        head = int(self.node.call("eth_blockNumber"), 16)
+        for settlement in list(self.watched):
+            receipts = [self.node.call("eth_getTransactionReceipt", [h]) for h in settlement.tx_hashes]
+            if any(r is None for r in receipts):
+                continue  # dropped: sent again, its outcome comes later
+            settled = [r for r in receipts if int(r["status"], 16) == 1]
+            chain_status = self._chain_status(settlement.payment.chain_booking_id)
+            if settled and chain_status == _settled_on_chain(settlement.status):
+                if head - int(settled[0]["blockNumber"], 16) >= FINAL_DEPTH:
+                    self.watched.remove(settlement)
+                continue
+            if chain_status not in (CHAIN_NONE, CHAIN_PAID):
+                self.watched.remove(settlement)
+                self.stats.add("stalled", f"{settlement.kind}: booking {settlement.payment.booking_id} is "
+                                          f"{chain_status} on chain, not {settlement.status}, after a reorg")
+                continue
+            self.stats.add(settlement.sent_again)  # every attempt reverted: settle it again
+            try:
+                self._ensure_paid(settlement.payment, time.monotonic() + FLOW_TIMEOUT)
+                self._settle(settlement)
+            except FlowError as exc:
+                self.watched.remove(settlement)
+                self.stats.add("stalled", f"{settlement.kind}, settled again after a reorg: {exc}")
+
+    def _chain_status(self, chain_booking_id: bytes) -> int:
+        """BookingEscrow's status of the booking at the head (getBooking: a static BookingView, status last)."""
+        call = {"to": self.escrow, "data": "0x" + encode_call(escrow_abi(), "getBooking", [chain_booking_id]).hex()}
+        return int(self.node.call("eth_call", [call, "latest"])[-64:], 16)
 
     def _pay(self, auth: dict) -> str:
         m = auth["message"]
@@ -406,7 +620,7 @@ class FlowRunner:
             return self.customer.send(self.escrow, data, 400_000)
         self.stats.add("payments", "permit")
         deadline = int(time.time()) + 3600
-        permit_nonce = self.customer.permit_nonce
+        permit_nonce = self.customer.permit_nonce(self.usdc)
         permit = Account.sign_typed_data(self.customer.account.key, full_message={
             "types": {
                 "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
@@ -424,9 +638,7 @@ class FlowRunner:
         data = encode_call(escrow_abi(), "createAndPayBookingWithPermit", [
             values, signature, deadline, permit.v, permit.r.to_bytes(32, "big"), permit.s.to_bytes(32, "big"),
         ])
-        tx_hash = self.customer.send(self.escrow, data, 450_000)
-        self.customer.permit_nonce += 1
-        return tx_hash
+        return self.customer.send(self.escrow, data, 450_000)
 
     def _confirm(self, booking_id: str, tx_hash: str, status: str, sender: Wallet | None = None):
         """Wait until the API shows `status`: report the transaction (half the time) or let the scanner find it."""
@@ -440,9 +652,13 @@ class FlowRunner:
                 raise FlowError(f"submit-transaction: {response.status_code} {response.text[:200]}")
         else:
             self.stats.add("confirmations", "scanner")
-        self._wait_status(booking_id, status, sender)
+        self._wait_status(booking_id, status, sender, tx_hash=tx_hash)
 
-    def _wait_status(self, booking_id: str, status: str | tuple[str, ...], sender: Wallet) -> str:
+    def _wait_status(self, booking_id: str, status: str | tuple[str, ...], sender: Wallet, *,
+                     tx_hash: str | None = None) -> str:
+        """The booking's status once the API shows one of `status`. `tx_hash` (of `sender`): the
+        transaction that should get it there; TransactionReverted when a reorg made it revert
+        (mined again after another, or before the payment it needs)."""
         wanted = (status,) if isinstance(status, str) else status
         deadline = time.monotonic() + FLOW_TIMEOUT
         last_resend = time.monotonic()
@@ -453,6 +669,8 @@ class FlowRunner:
             if seen in wanted:
                 return seen
             if time.monotonic() - last_resend > 3:
+                if tx_hash is not None and sender.receipt_status(tx_hash) == 0:
+                    raise TransactionReverted(sender.why_reverted(tx_hash))
                 self.customer.resend_dropped()
                 if sender is not self.customer:
                     sender.resend_dropped()

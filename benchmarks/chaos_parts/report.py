@@ -17,8 +17,10 @@ def render(*, stats: DriverStats, injector: FaultInjector, checks: list[Check], 
     lines.append(f"finished {total}: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.flows.items())))
     lines.append("payments: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.payments.items()))
                  + "; confirmed by: " + ", ".join(f"{k} {v}" for k, v in sorted(stats.confirmations.items())))
-    lines.append(f"cancellations sent again after they reverted (payment not mined again yet): "
-                 f"{stats.cancellations_sent_again}")
+    lines.append(f"sent again after they reverted (payment not mined again yet): cancellations "
+                 f"{stats.cancellations_sent_again}, completions {stats.completions_sent_again}; payments made again "
+                 f"after every one sent reverted: {stats.payments_sent_again}; bookings that waited at the unpaid "
+                 f"cap: {stats.unpaid_cap_waits}")
     lines.append(f"wallet transactions sent again after a reorg dropped them: {stats.rebroadcasts}; "
                  f"refused by the node: {dict(stats.resend_refusals)}; wallets that took their transactions out "
                  f"of anvil's pool to send them again (stuck queued after a reorg): {stats.pool_resets}")
