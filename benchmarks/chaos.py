@@ -19,6 +19,7 @@ import os
 import random
 import re
 import shlex
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -100,6 +101,8 @@ def log_tracebacks(system: System) -> dict[str, int]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Stopped with SIGTERM (a timeout, kill): stop the system too, through the `finally` below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     plan = plan_for(args)
     rng = random.Random(args.seed)
     say(f"$ {shlex.join([Path(sys.executable).name, 'benchmarks/chaos.py', *sys.argv[1:]])}")
