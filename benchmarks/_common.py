@@ -131,23 +131,24 @@ class BenchChain:
         """ETH for gas (anvil_setBalance), USDC (open mint) and an unlimited approval of the escrow.
 
         The customers must be fresh addresses: their transactions use nonces 0 and 1 (explicit,
-        so a batch never races on nonce assignment); their next nonce is 2.
+        so a batch never races on nonce assignment); their next nonce is 2. The approvals go in a
+        second batch once the mints are mined: anvil, automining a batch's nonce 0 while it takes
+        in nonce 1 of the same sender, can leave nonce 1 queued for good (seen under load).
         """
         approve = "0x" + encode_call(usdc_abi(), "approve", [self.escrow, 2**256 - 1]).hex()
         self.batch([("anvil_setBalance", [c, hex(10**24)]) for c in customers])
-        calls = []
-        for c in customers:
-            mint = "0x" + encode_call(usdc_abi(), "mint", [c, usdc_each]).hex()
-            calls.append(("eth_sendTransaction", [
-                {"from": c, "to": self.usdc, "data": mint, "gas": hex(100_000), "nonce": "0x0"},
-            ]))
-            calls.append(("eth_sendTransaction", [
-                {"from": c, "to": self.usdc, "data": approve, "gas": hex(100_000), "nonce": "0x1"},
-            ]))
-        hashes = self.batch(calls)
-        if not self.automining():
-            self.call("evm_mine")
-        self.wait_receipts(hashes)
+        mints = [("eth_sendTransaction", [{
+            "from": c, "to": self.usdc, "data": "0x" + encode_call(usdc_abi(), "mint", [c, usdc_each]).hex(),
+            "gas": hex(100_000), "nonce": "0x0",
+        }]) for c in customers]
+        approvals = [("eth_sendTransaction", [
+            {"from": c, "to": self.usdc, "data": approve, "gas": hex(100_000), "nonce": "0x1"},
+        ]) for c in customers]
+        for calls in (mints, approvals):
+            hashes = self.batch(calls)
+            if not self.automining():
+                self.call("evm_mine")
+            self.wait_receipts(hashes)
 
     def automining(self) -> bool:
         return bool(self.call("anvil_getAutomine"))
