@@ -115,6 +115,10 @@ class DriverStats:
 
 
 # -- the wallet's own node ---------------------------------------------------------------------
+ANVIL_MID_REORG_ERRORS = ("BlockOutOfRangeError", "Resource not found", "Required data unavailable")
+NODE_RETRIES = 10
+
+
 class Node:
     def __init__(self, url: str):
         self.url = url
@@ -123,11 +127,17 @@ class Node:
     def call(self, method: str, params: list | None = None):
         session = getattr(self._local, "session", None) or requests.Session()
         self._local.session = session
-        reply = session.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []},
-                             timeout=30).json()
-        if reply.get("error"):
-            raise FlowError(f"{method}: {reply['error'].get('message')}")
-        return reply["result"]
+        for attempt in range(NODE_RETRIES + 1):
+            reply = session.post(self.url, json={"jsonrpc": "2.0", "id": 1, "method": method,
+                                                 "params": params or []}, timeout=30).json()
+            error = reply.get("error")
+            if not error:
+                return reply["result"]
+            message = str(error.get("message"))
+            # anvil answers a call at "latest" that races an anvil_reorg with these: asked again, it answers.
+            if attempt == NODE_RETRIES or not any(m in message for m in ANVIL_MID_REORG_ERRORS):
+                raise FlowError(f"{method}: {message}")
+            time.sleep(0.2)
 
 
 def _function_names() -> dict[bytes, str]:
