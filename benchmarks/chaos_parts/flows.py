@@ -494,16 +494,21 @@ class FlowRunner:
             time.sleep(5)
 
     def _authorize(self, booking_id: str) -> dict:
+        # 409 when paying again: the API still shows the payment that a reorg since dropped or made
+        # revert; it follows the chain.
+        return self._post_while_reorged(f"/api/bookings/{booking_id}/authorize-payment/", self.customer.token,
+                                        None, "authorize-payment")
+
+    def _post_while_reorged(self, path: str, token: str, body: dict | None, label: str) -> dict:
+        """POST until 200; a 409 meanwhile is the API not yet past a reorg that took the payment: the
+        customer sends again what the reorg dropped, and the call is asked again, for FLOW_TIMEOUT."""
         deadline = time.monotonic() + FLOW_TIMEOUT
         while True:
-            response = self.api.request("POST", f"/api/bookings/{booking_id}/authorize-payment/",
-                                        token=self.customer.token)
+            response = self.api.request("POST", path, token=token, body=body)
             if response.status_code == 200:
                 return response.json()
-            # 409 when paying again: the API still shows the payment that a reorg since dropped or
-            # made revert; it follows the chain.
             if response.status_code != 409 or time.monotonic() > deadline:
-                raise FlowError(f"authorize-payment: {response.status_code} {response.text[:200]}")
+                raise FlowError(f"{label}: {response.status_code} {response.text[:200]}")
             self.customer.resend_dropped()
             time.sleep(1)
 
@@ -689,17 +694,9 @@ class FlowRunner:
         raise FlowError(f"booking {booking_id} still {seen} after {FLOW_TIMEOUT:.0f} s (waiting for {status})")
 
     def _request_cancellation(self, booking_id: str, wallet: Wallet) -> dict:
-        deadline = time.monotonic() + FLOW_TIMEOUT
-        while True:
-            response = self.api.request("POST", f"/api/bookings/{booking_id}/request-cancellation/",
-                                        token=wallet.token, body={"reason": "chaos run: plans changed"})
-            if response.status_code == 200:
-                return response.json()
-            # 409: a reorg took the payment back for now (the booking is not PAID): send it again and retry.
-            if response.status_code != 409 or time.monotonic() > deadline:
-                raise FlowError(f"request-cancellation: {response.status_code} {response.text[:200]}")
-            self.customer.resend_dropped()
-            time.sleep(1)
+        # 409: a reorg took the payment back for now (the booking is not PAID).
+        return self._post_while_reorged(f"/api/bookings/{booking_id}/request-cancellation/", wallet.token,
+                                        {"reason": "chaos run: plans changed"}, "request-cancellation")
 
 
 # -- all flows ----------------------------------------------------------------------------------
