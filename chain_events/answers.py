@@ -92,8 +92,11 @@ def _logs(result, params) -> None:
 
 
 def _block(result, params) -> None:
-    """null is the node's answer for a block it does not have (above its head)."""
+    """null is the node's answer for a block it does not have (above its head, a tag it lacks),
+    never for its latest block."""
     if result is None:
+        if params and params[0] == "latest":
+            raise ValueError("no latest block")
         return
     header = parse_header(result)
     asked = params[0] if params else None
@@ -112,7 +115,8 @@ def _receipt(result, params) -> None:
         raise ValueError(f"receipt of {receipt.get('transactionHash')} is not the one asked ({params[0]})")
     quantity(receipt.get("blockNumber"))
     block_hash(receipt.get("blockHash"))
-    quantity(receipt.get("status"))
+    if receipt.get("status") is not None:  # receipts of the pre-Byzantium kind carry `root` instead
+        quantity(receipt["status"])
     quantity(receipt.get("gasUsed"))
     if receipt.get("effectiveGasPrice") is not None:
         quantity(receipt["effectiveGasPrice"])
@@ -160,6 +164,11 @@ def _data_answer(result, params) -> None:
     _data(result)
 
 
+def _code_answer(result, params) -> None:
+    if result != "0x0":  # some nodes' answer for an account without code
+        _data(result)
+
+
 def _hash_answer(result, params) -> None:
     block_hash(result)
 
@@ -173,7 +182,7 @@ _CHECKS: dict[str, Callable[[object, list], None]] = {
     "eth_getTransactionCount": _quantity_answer,
     "eth_maxPriorityFeePerGas": _quantity_answer,
     "eth_call": _data_answer,
-    "eth_getCode": _data_answer,
+    "eth_getCode": _code_answer,
     "eth_sendRawTransaction": _hash_answer,
     "eth_getBlockByNumber": _block,
     "eth_getBlockByHash": _block,

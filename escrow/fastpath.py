@@ -155,8 +155,8 @@ def read_receipt_block(
     The chain's block: the hash the scanner holds while `number` is in its unfinalized window
     (not asked), the node's header otherwise. The bookings' logs are asked by block hash in the
     same batch, before we know the block is the chain's: a node that no longer has it may answer
-    that with an error, which matters only when the block is the chain's (the answer is then
-    the node's failure, raised).
+    that with an error, which matters only when the block is the chain's (then it is the node's
+    failure and the next endpoint is asked, as for a node behind the block).
     """
     held = held_block_hash(number)
     calls = [] if held is not None else [("eth_getBlockByNumber", [hex(number), False])]
@@ -167,9 +167,9 @@ def read_receipt_block(
         calls.append(("eth_getLogs", [{"address": contract, "blockHash": receipt_block,
                                        "topics": [BOOKING_EVENT_TOPICS, booking_ids]}]))
         optional = frozenset({len(calls) - 1})  # "unknown block" for a block the chain left: not a failure
-    answers = iter(client.batch(calls, allow_errors=True, validate=_no_missing_block(held, number),
-                                optional=optional))
-    canonical = held if held is not None else _answer(next(answers)).get("hash", "").lower()
+    answers = iter(client.batch(calls, allow_errors=True, optional=optional,
+                                validate=_answers_about_the_block(held, number, receipt_block)))
+    canonical = held if held is not None else _answer(next(answers))["hash"].lower()
     head = int(_answer(next(answers))["number"], 16) if settings.CHAIN_CONFIRMATIONS else None
     if canonical != receipt_block:
         log.warning("fast path: tx %s is in block %s %s, the chain's block there is %s: refused",
@@ -182,10 +182,26 @@ def read_receipt_block(
     return ReceiptBlock(head=head, booking_events=events)
 
 
-def _no_missing_block(held: str | None, number: int):
+def _answers_about_the_block(held: str | None, number: int, receipt_block: str):
+    """The batch's answers must come from a node that has block `number` (else the next is asked):
+    its header there (unless held), a head at or above it, and, when the block is the receipt's,
+    the block's logs (an error then is the node's failure; for a block the chain left, an answer)."""
     def validate(results):
-        if held is None and results[0] is None:  # a node behind the one that answered the receipt: ask another
-            raise RpcInconsistentAnswer(f"node has no block {number}")
+        answers = iter(results)
+        canonical = held
+        if held is None:
+            header = next(answers)
+            if header is None:  # a node behind the one that answered the receipt
+                raise RpcInconsistentAnswer(f"node has no block {number}")
+            if not isinstance(header, RpcResponseError):
+                canonical = header["hash"].lower()
+        if settings.CHAIN_CONFIRMATIONS:
+            head = next(answers)
+            if not isinstance(head, RpcResponseError) and int(head["number"], 16) < number:
+                raise RpcInconsistentAnswer(f"node is behind: its head is below block {number}")
+        logs = next(answers, None)
+        if isinstance(logs, RpcResponseError) and canonical == receipt_block:
+            raise RpcInconsistentAnswer(f"the logs of block {number}: {logs}")
     return validate
 
 

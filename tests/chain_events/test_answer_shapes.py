@@ -77,3 +77,27 @@ def test_a_block_or_receipt_for_something_else_than_asked_is_nonsense(chain_sett
         for method, params in (("eth_getBlockByNumber", [hex(block), False]), ("eth_getTransactionReceipt", [tx_hash])):
             with pytest.raises(RpcUnavailable, match="not the one asked"):
                 client.call(method, params)
+
+
+def test_a_missing_head_is_nonsense(chain_settings):
+    """Every node has a latest block: null for it (a proxy's empty answer) is refused, where null for a
+    numbered block above the head is the node's real answer."""
+    truth = chain_settings.rpc("eth_getBlockByNumber", ["latest", False])
+    with RpcProxy(chain_settings.url) as primary:
+        primary.nonsense_answers["eth_getBlockByNumber"] = None
+        client = RpcClient([primary.url, chain_settings.url], retries=0, cooldown=60)
+        assert int(client.call("eth_getBlockByNumber", ["latest", False])["number"], 16) >= int(truth["number"], 16)
+        assert client.health()[0]["consecutive_failures"] == 1
+
+
+def test_answers_some_nodes_give_are_accepted(chain_settings, mined_transfer):
+    """A receipt without `status` (pre-Byzantium style, `root` instead) and "0x0" for the code of an
+    account without any (escrow.contract_wallets reads it as no code) are answers, not nonsense."""
+    tx_hash, _ = mined_transfer
+    receipt = chain_settings.rpc("eth_getTransactionReceipt", [tx_hash])
+    without_status = {key: value for key, value in receipt.items() if key != "status"} | {"root": "0x" + "11" * 32}
+    with RpcProxy(chain_settings.url) as only:
+        only.nonsense_answers = {"eth_getTransactionReceipt": without_status, "eth_getCode": "0x0"}
+        client = RpcClient([only.url], retries=0)
+        assert client.call("eth_getTransactionReceipt", [tx_hash]) == without_status
+        assert client.call("eth_getCode", [chain_settings.w3.eth.accounts[3], "latest"]) == "0x0"

@@ -390,3 +390,40 @@ def test_rpc_down_is_a_503_json_answer(chain_settings, settings, make_booking, c
     assert response.json()["detail"]
     booking.refresh_from_db()
     assert booking.status == "PENDING_PAYMENT"
+
+
+def test_a_node_refusing_the_blocks_logs_is_failed_over_not_a_503(chain_settings, settings, make_booking, customer,
+                                                                  client):
+    """The receipt's block is the chain's, but the node answers the same-block logs with an error
+    (a provider's rate limit, a backend without the block yet): the next endpoint is asked, as for
+    any other call. Only for a block the chain left is that error an answer (refused with 409)."""
+    chain = chain_settings
+    booking = make_booking()
+    tx_hash = pay(chain, booking, customer)
+    with RpcProxy(chain.url) as primary:
+        primary.refuse_methods = {"eth_getLogs": "Too many requests, please slow down"}
+        settings.CHAIN_RPC_URLS = [primary.url, chain.url]
+        response = submit(client, booking, tx_hash)
+        assert "eth_getLogs" in primary.seen
+    assert (response.status_code, response.json()["booking_status"]) == (200, "PAID"), response.content
+
+
+def test_a_node_behind_the_receipts_block_is_failed_over(chain_settings, settings, make_booking, customer, client):
+    """The scanner holds the block's hash (no header asked), and the node answering the batch is
+    behind that block: its head cannot count the confirmations, nor its logs call stand for the
+    block. The next endpoint answers."""
+    chain = chain_settings
+    booking = make_booking()
+    tx_hash = pay(chain, booking, customer)
+    chain.mine(2)
+    scan_to_head(chain)
+    Booking.objects.filter(pk=booking.pk).update(status="PENDING_PAYMENT")  # as if the scanner had not applied it
+    ChainEvent.objects.all().delete()
+    settings.CHAIN_CONFIRMATIONS = 1
+    number = int(chain.rpc("eth_getTransactionReceipt", [tx_hash])["blockNumber"], 16)
+    assert held_block_hash(number) is not None
+    with RpcProxy(chain.url) as primary:
+        primary.lag_blocks = chain.block_number() - number + 1  # its head is just below the receipt's block
+        settings.CHAIN_RPC_URLS = [primary.url, chain.url]
+        assert fastpath.process_transaction(tx_hash).awaiting_confirmations is False
+        assert "eth_getBlockByNumber" in primary.seen
