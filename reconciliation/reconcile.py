@@ -8,7 +8,10 @@ RECONCILE_RECENT_SECONDS) compared with the chain, in batches, at a confirmed bl
   attention. Staff resolve it or rebuild the booking (reconciliation.operations).
 - Any flag is raised only if the booking, read again under its row lock at flag time, still
   disagrees with the chain: the run's first read of the database may predate a writer's commit
-  (the scanner rolling back a reorg). An open flag of a booking a later run finds in agreement
+  (the scanner rolling back a reorg). A database ahead of the chain is flagged only when every
+  stored event of the booking lies at or below the scanner's cursor in a block the chain still
+  has: otherwise a reorg the chain sync has not rolled back yet (or a fast-path event above the
+  cursor) explains it, and the chain sync settles it. An open flag of a booking a later run finds in agreement
   is withdrawn (resolved by SYSTEM_ACTOR, its attention item closed).
 - Unused payment authorizations past their expiry are expired (escrow.services).
 
@@ -27,7 +30,9 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from chain_events.rpc import RpcClient, RpcError, get_rpc_client
+from chain_events.cursor import get_cursor
+from chain_events.models import ChainEvent, EventStatus
+from chain_events.rpc import RpcClient, RpcError, get_headers, get_rpc_client
 from escrow import attention
 from escrow.chain_effects import IMPLIED_CHAIN_STATUS
 from escrow.chain_state import ChainStatus
@@ -161,6 +166,8 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
             else:
                 still.append(cid)
         ahead = still
+    if ahead:
+        ahead = _left_by_the_chain_sync(client, ahead)
     to_repair = behind + conflicting
     raw_logs = fetch_booking_logs(to_repair, to_block=block, client=client) if to_repair else []
     with transaction.atomic():  # repairs and flags of this group: all or nothing
@@ -190,6 +197,30 @@ def _reconcile_group(client: RpcClient, group: list[tuple[int, str]], block: int
                 _flag(cid, kind, chain[cid], block, run, why="its logs did not bring the booking in line")
     if agreeing:
         _withdraw_flags(agreeing, chain, latest, block, run)
+
+
+def _left_by_the_chain_sync(client: RpcClient, ahead: list[str]) -> list[str]:
+    """The bookings of `ahead` whose stored events all lie at or below the scanner's cursor, in
+    blocks the chain still has: only there is a database ahead of the chain a difference for staff.
+    Any other is the chain sync's to settle: an event in a block a reorg replaced that the scanner
+    has not rolled back yet, or one the fast path stored above the cursor (the scanner removes what
+    left the chain and re-derives the booking). Found by the chaos run: one run just after a reorg
+    flagged 72 bookings the scanner rolled back moments later."""
+    cursor = get_cursor().last_block
+    events = list(
+        ChainEvent.objects.filter(chain_booking_id__in=ahead)
+        .exclude(status=EventStatus.REMOVED)
+        .values_list("chain_booking_id", "block_number", "block_hash")
+    )
+    headers = get_headers(client, sorted({number for _, number, _ in events if number <= cursor}))
+    unsettled = {
+        booking for booking, number, block_hash in events
+        if number > cursor or headers[number].hash != block_hash.lower()
+    }
+    if unsettled:
+        log.info("%d booking(s) ahead of the chain left to the chain sync (events above its cursor %d or in "
+                 "blocks the chain replaced)", len(unsettled), cursor)
+    return [booking for booking in ahead if booking not in unsettled]
 
 
 def _agrees(status: str, chain: ChainBooking, latest: ChainBooking | None = None) -> bool:

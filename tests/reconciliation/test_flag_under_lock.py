@@ -60,3 +60,34 @@ def test_a_flag_no_longer_true_is_withdrawn_by_the_next_run(make_booking):
     assert not booking.needs_attention
     (item,) = booking.attention_items.all()
     assert not item.is_open and item.acknowledged_by == SYSTEM_ACTOR
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reorg_the_chain_sync_has_not_rolled_back_yet_raises_no_flag(chain_settings, make_booking, pay, customer):
+    """Found by the chaos run: a run just after a reorg, before the scanner saw it, flagged 72
+    bookings whose completion the reorg had taken (database COMPLETED, chain PAID); the scanner
+    rolled them back and the next run withdrew every flag, 20 s later. A booking with an event in a
+    block the chain has since replaced (or above the scanner's cursor) is the chain sync's to
+    settle, not staff's: no flag. Once it has, database and chain agree."""
+    from tests.reconciliation.conftest import scan_to_head
+
+    chain = chain_settings
+    booking = make_booking()
+    pay(booking)
+    scan_to_head(chain)
+    booking.refresh_from_db()
+    chain.complete_service(booking.chain_booking_id, customer.address)
+    scan_to_head(chain)
+    booking.refresh_from_db()
+    assert booking.status == S.COMPLETED
+    chain.rpc("anvil_reorg", [1, []])  # the completion's block is replaced: the chain shows PAID
+
+    report = reconcile_bookings(trigger="test")
+
+    assert report.flagged == 0 and not ReconciliationFlag.objects.exists()
+    booking.refresh_from_db()
+    assert not booking.needs_attention
+    scan_to_head(chain)  # the chain sync rolls the completion back
+    booking.refresh_from_db()
+    assert booking.status == S.PAID
+    assert reconcile_bookings(trigger="test").in_agreement == 1

@@ -256,8 +256,10 @@ def test_rebuild_removes_a_stored_payment_whose_block_left_the_chain_and_refuses
     assert booking.status == S.PAID and ChainEvent.objects.get().status == EventStatus.PROCESSED
 
     chain_settings.rpc("anvil_reorg", [1, []])  # the payment's block is replaced: the payment is gone
-    reconcile_bookings(trigger="test")
-    assert ReconciliationFlag.objects.get(booking=booking).kind == FlagKind.DATABASE_AHEAD
+    # The payment lies above the scanner's cursor: the chain sync settles it when it gets there, so
+    # reconciliation raises no flag for it; staff may still rebuild the booking at once.
+    assert reconcile_bookings(trigger="test").flagged == 0
+    assert not ReconciliationFlag.objects.exists()
     booking = rebuild_booking_from_chain(booking, actor="staff:olivia", reason="payment lost in a reorg")
     assert booking.status == S.PENDING_PAYMENT and booking.payment_tx_hash == ""
     assert ChainEvent.objects.get().status == EventStatus.REMOVED
