@@ -8,6 +8,7 @@ file that sets a variable wins over the later one. See docs/configuration.md for
 import ipaddress
 import re
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -488,7 +489,7 @@ TX_GAS_MARGIN_PERCENT = cfg.int("TX_GAS_MARGIN_PERCENT", 20, minimum=0)
 TX_FEE_HISTORY_BLOCKS = cfg.int("TX_FEE_HISTORY_BLOCKS", 10, minimum=1)
 TX_MIN_PRIORITY_FEE_WEI = cfg.int("TX_MIN_PRIORITY_FEE_WEI", 1_000_000, minimum=0)  # 0.001 gwei (Base)
 TX_MAX_FEE_PER_GAS_WEI = cfg.int("TX_MAX_FEE_PER_GAS_WEI", 500 * 10**9, minimum=1)
-TX_FEE_BUMP_PERCENT = cfg.float("TX_FEE_BUMP_PERCENT", 15.0, minimum=12.5)
+TX_FEE_BUMP_PERCENT = cfg.decimal("TX_FEE_BUMP_PERCENT", "15", minimum=Decimal("12.5"))
 TX_REPLACE_AFTER_SECONDS = cfg.float("TX_REPLACE_AFTER_SECONDS", 30.0, minimum=0.1)
 TX_MAX_REPLACEMENTS = cfg.int("TX_MAX_REPLACEMENTS", 5, minimum=0)
 TX_RECEIPT_TIMEOUT_SECONDS = cfg.float("TX_RECEIPT_TIMEOUT_SECONDS", 180.0, minimum=1.0)

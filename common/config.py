@@ -7,6 +7,7 @@ the variable, never a traceback, and never the value itself (it may be a secret)
 from __future__ import annotations
 
 import re
+from decimal import Decimal, InvalidOperation
 
 import environ
 from eth_utils import is_address, to_checksum_address
@@ -110,6 +111,19 @@ class Config:
             value = float(raw)
         except (TypeError, ValueError):
             raise ConfigurationError(name, "must be a number") from None
+        if minimum is not None and value < minimum:
+            raise ConfigurationError(name, f"must be at least {minimum}")
+        return value
+
+    def decimal(self, name: str, default=_MISSING, *, minimum: Decimal | None = None) -> Decimal:
+        """An exact decimal (a percentage applied to wei, e.g. a fee bump): never rounded through a float."""
+        raw = self._raw(name, default)
+        try:
+            value = Decimal(str(raw))
+        except (TypeError, ValueError, InvalidOperation):
+            raise ConfigurationError(name, "must be a number") from None
+        if not value.is_finite():
+            raise ConfigurationError(name, "must be a number")
         if minimum is not None and value < minimum:
             raise ConfigurationError(name, f"must be at least {minimum}")
         return value

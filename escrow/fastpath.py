@@ -167,42 +167,45 @@ def read_receipt_block(
         calls.append(("eth_getLogs", [{"address": contract, "blockHash": receipt_block,
                                        "topics": [BOOKING_EVENT_TOPICS, booking_ids]}]))
         optional = frozenset({len(calls) - 1})  # "unknown block" for a block the chain left: not a failure
-    answers = iter(client.batch(calls, allow_errors=True, optional=optional,
-                                validate=_answers_about_the_block(held, number, receipt_block)))
-    canonical = held if held is not None else _answer(next(answers))["hash"].lower()
-    head = int(_answer(next(answers))["number"], 16) if settings.CHAIN_CONFIRMATIONS else None
+    read: dict = {}
+    client.batch(calls, allow_errors=True, optional=optional,
+                 validate=lambda results: read.update(_block_answers(results, held, number, receipt_block)))
+    canonical = _answer(read["canonical"])
+    head = _answer(read["head"])
     if canonical != receipt_block:
         log.warning("fast path: tx %s is in block %s %s, the chain's block there is %s: refused",
                     tx_hash, number, receipt_block, canonical)
         raise ReceiptNotCanonical(tx_hash, number, receipt_block, canonical)
     events = []
     if booking_ids:
-        events = [e for e in decode_logs(_answer(next(answers)), contract_address=contract)
+        events = [e for e in decode_logs(_answer(read["logs"]), contract_address=contract)
                   if e.chain_booking_id in booking_ids and e.block_hash == receipt_block]
     return ReceiptBlock(head=head, booking_events=events)
 
 
-def _answers_about_the_block(held: str | None, number: int, receipt_block: str):
-    """The batch's answers must come from a node that has block `number` (else the next is asked):
-    its header there (unless held), a head at or above it, and, when the block is the receipt's,
-    the block's logs (an error then is the node's failure; for a block the chain left, an answer)."""
-    def validate(results):
-        answers = iter(results)
-        canonical = held
-        if held is None:
-            header = next(answers)
-            if header is None:  # a node behind the one that answered the receipt
-                raise RpcInconsistentAnswer(f"node has no block {number}")
-            if not isinstance(header, RpcResponseError):
-                canonical = header["hash"].lower()
-        if settings.CHAIN_CONFIRMATIONS:
-            head = next(answers)
-            if not isinstance(head, RpcResponseError) and int(head["number"], 16) < number:
-                raise RpcInconsistentAnswer(f"node is behind: its head is below block {number}")
-        logs = next(answers, None)
-        if isinstance(logs, RpcResponseError) and canonical == receipt_block:
-            raise RpcInconsistentAnswer(f"the logs of block {number}: {logs}")
-    return validate
+def _block_answers(results: list, held: str | None, number: int, receipt_block: str) -> dict:
+    """The batch's answers, read once: the chain's hash at `number` (`held`, or the node's header),
+    the head (None when CHAIN_CONFIRMATIONS is 0) and the logs (None when not asked); a JSON-RPC
+    error stays in its place. They must come from a node that has block `number`, else the next
+    is asked (RpcInconsistentAnswer): its header there, a head at or above it and, when the block
+    is the receipt's, the block's logs (an error then is the node's failure; for a block the
+    chain left, an answer)."""
+    answers = iter(results)
+    read = {"canonical": held, "head": None, "logs": None}
+    if held is None:
+        header = next(answers)
+        if header is None:  # a node behind the one that answered the receipt
+            raise RpcInconsistentAnswer(f"node has no block {number}")
+        read["canonical"] = header if isinstance(header, RpcResponseError) else header["hash"].lower()
+    if settings.CHAIN_CONFIRMATIONS:
+        head = next(answers)
+        read["head"] = head if isinstance(head, RpcResponseError) else int(head["number"], 16)
+        if isinstance(read["head"], int) and read["head"] < number:
+            raise RpcInconsistentAnswer(f"node is behind: its head is below block {number}")
+    read["logs"] = next(answers, None)
+    if isinstance(read["logs"], RpcResponseError) and read["canonical"] == receipt_block:
+        raise RpcInconsistentAnswer(f"the logs of block {number}: {read['logs']}")
+    return read
 
 
 def _answer(result):

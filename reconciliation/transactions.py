@@ -40,6 +40,7 @@ import logging
 import math
 import time
 from datetime import timedelta
+from decimal import Decimal
 from fractions import Fraction
 
 from django.conf import settings
@@ -69,7 +70,7 @@ log = logging.getLogger(__name__)
 BACKEND_TRANSACTIONS = Counter(
     "bookme_backend_transactions_total", "Transactions the backend sent, by purpose and outcome", ["purpose", "outcome"]
 )
-MIN_REPLACEMENT_BUMP_PERCENT = 12.5
+MIN_REPLACEMENT_BUMP_PERCENT = Decimal("12.5")
 NONCE_FILL_ACTOR = "system:nonce-fill"
 #: Statuses of a transaction that used its nonce on chain (as far as we last knew).
 _ON_CHAIN = (TxStatus.MINED, TxStatus.REVERTED)
@@ -123,10 +124,10 @@ def escrow_call(function_name: str, *args) -> bytes:
 
 
 # -- fees and gas -------------------------------------------------------------------------------
-def _percent_up(value: int, percent: float) -> int:
+def _percent_up(value: int, percent: int | Decimal) -> int:
     """`value` (wei, gas) raised by `percent`, rounded up, in exact arithmetic: a float product
     would lose wei above 2**53."""
-    return math.ceil(Fraction(value) * (100 + Fraction(str(percent))) / 100)
+    return math.ceil(Fraction(value) * (100 + Fraction(percent)) / 100)
 
 
 def _fee_history_call() -> tuple[str, list]:
